@@ -1,0 +1,30 @@
+# The two commands of the README's quick start: `make demo` and `make test`.
+# Both create .venv (Python 3.11+) and install the package with its test extras on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/demo
+
+.PHONY: demo test setup browser clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Headless Chromium for the review page's browser test (Debian's package; never `playwright install`).
+browser:
+	@bash scripts/ensure_chromium.sh
+
+demo: $(STAMP)
+	$(PY) launch.py demo --config configs/demo.py --workdir $(WORKDIR)
+
+test: $(STAMP) browser
+	bash scripts/run_tests.sh $(PY)
+
+clean:
+	rm -rf $(VENV) runs

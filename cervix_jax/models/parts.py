@@ -1,0 +1,37 @@
+"""The pieces of a trained model that explainers need, as plain functions of arrays.
+
+A model family (paper B's pyramid classifier, paper A's patch model) returns an
+`ExplainableModel` with its variables already closed over, so that an explainer needs nothing but
+functions and arrays. All functions take ONE example (no batch axis); batch with `jax.vmap`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainableModel:
+    """Single-example views of a model.
+
+    features:  image [H, W, 3] (preprocessed) -> feature map [h, w, K] (the layer explained).
+    head:      feature map [h, w, K] -> class scores [C] (as the model outputs them, e.g. softmax).
+    scores:    image [H, W, 3] -> class scores [C]; equals head(features(image)).
+    post_pool: pooled [K] -> scores [C], set iff head(f) == post_pool(f.mean((0, 1))) (CRM fast path).
+    kernel:    dense kernel [K, C] of a GAP + dense head (for CAM), else None.
+    weights:   image [H, W, 3] -> [h, w] interpretation map of the model itself (paper A's patch
+               weights), else None.
+    class_names: names of the C classes.
+    """
+
+    features: Callable[[Array], Array]
+    head: Callable[[Array], Array]
+    scores: Callable[[Array], Array]
+    post_pool: Optional[Callable[[Array], Array]] = None
+    kernel: Optional[Array] = None
+    weights: Optional[Callable[[Array], Array]] = None
+    class_names: tuple[str, ...] = ("negative", "positive")
