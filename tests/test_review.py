@@ -1,0 +1,371 @@
+"""Expert review server and summary: security, ratings files, statistics vs. independent references."""
+import datetime
+import json
+import os
+import socket
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+from sklearn.metrics import cohen_kappa_score
+
+from cervix_jax.review import make_server, serve, summarize
+from cervix_jax.review import server as review_server
+
+METHODS = ("cam", "crm")
+CLASS_NAMES = ["treatable", "not treatable"]
+
+
+def draw_cervix(rng, size):
+    """A synthetic-looking cervix photo: pink ellipse, dark os, whitish lesion."""
+    img = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(20, 60, 3)))
+    d = ImageDraw.Draw(img)
+    cx, cy = size * rng.uniform(0.4, 0.6, 2)
+    r = size * rng.uniform(0.3, 0.4)
+    d.ellipse([cx - r, cy - r * 0.85, cx + r, cy + r * 0.85], fill=(214, 120, 130))
+    lx, ly = cx + r * rng.uniform(-0.5, 0.5), cy + r * rng.uniform(-0.5, 0.5)
+    lr = r * rng.uniform(0.2, 0.35)
+    d.ellipse([lx - lr, ly - lr, lx + lr, ly + lr], fill=(235, 215, 215))
+    d.ellipse([cx - r * 0.12, cy - r * 0.06, cx + r * 0.12, cy + r * 0.06], fill=(110, 30, 45))
+    img = img.filter(ImageFilter.GaussianBlur(size / 60))
+    noisy = np.asarray(img, np.float64) + rng.normal(0, 6, (size, size, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), (lx, ly)
+
+
+def heatmap(rng, size, center):
+    """A max-normalised uint8 blob near ``center`` (the contract's maps/<method>/<id>.png)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    cx, cy = np.asarray(center) + rng.normal(0, size * 0.15, 2)
+    s = size * rng.uniform(0.08, 0.2)
+    bx, by = rng.uniform(0, size, 2)
+    m = (np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
+         + 0.4 * np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * (2 * s) ** 2)))
+    return (255 * m / m.max()).astype(np.uint8)
+
+
+def write_workdir(root, *, n=8, size=48, seed=0, split="test", n_wrong=2, class_names=CLASS_NAMES):
+    """Writes WORKDIR/explain/<split>/ as docs/internals.md fixes it; returns the index dict."""
+    rng = np.random.default_rng(seed)
+    base = os.path.join(root, "explain", split)
+    for sub in ["images"] + [f"{k}/{m}" for k in ("maps", "overlays") for m in METHODS]:
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+    items = []
+    for i in range(n):
+        image_id = 100 + i
+        img, lesion = draw_cervix(rng, size)
+        img.save(os.path.join(base, "images", f"{image_id}.png"))
+        label = int(i % 3 == 0)
+        correct = i >= n_wrong
+        pred = label if correct else 1 - label
+        score = float(rng.uniform(0.55, 0.99) if pred else rng.uniform(0.01, 0.45))
+        item = {"id": image_id, "label": label, "score": score, "pred": pred, "correct": correct,
+                "image": f"images/{image_id}.png", "maps": {}, "overlays": {}, "metrics": {}}
+        for m in METHODS:
+            Image.fromarray(heatmap(rng, size, lesion), "L").save(os.path.join(base, "maps", m, f"{image_id}.png"))
+            img.save(os.path.join(base, "overlays", m, f"{image_id}.png"))
+            item["maps"][m] = f"maps/{m}/{image_id}.png"
+            item["overlays"][m] = f"overlays/{m}/{image_id}.png"
+            # as cervix_jax/explain/run.py writes them: NaN where a mask is missing
+            item["metrics"][m] = {"roi_area": float(rng.uniform(0.05, 0.6)),
+                                  "pointing_game_lesion": float(rng.random() < 0.6),
+                                  "pointing_game_os": float(rng.random() < 0.5) if i % 4 else float("nan"),
+                                  "iou_lesion": float(rng.uniform(0, 1))}
+        items.append(item)
+    index = {"split": split, "methods": ["gradcam", *METHODS], "threshold": 0.2,
+             "class_names": class_names, "items": items}
+    with open(os.path.join(base, "index.json"), "w") as f:
+        json.dump(index, f)
+    return index
+
+
+class Running:
+    """A review server on a free loopback port, served from a thread."""
+
+    def __init__(self, workdir, **kw):
+        self.server = make_server(workdir, port=0, **kw)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def raw(self, request: bytes):
+        """Sends raw bytes; returns (status, body)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(request)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split(b" ")[1]), body
+
+    def get(self, path, host="127.0.0.1"):
+        return self.raw(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+
+    def post(self, body, content_type="application/json"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return self.raw(b"POST /api/rating HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                        + f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_workdir(str(tmp_path))
+    return str(tmp_path)
+
+
+@pytest.fixture
+def running(workdir):
+    servers = []
+
+    def start(**kw):
+        servers.append(Running(workdir, **kw))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_refuses_non_loopback_hosts(workdir):
+    for host in ["0.0.0.0", "192.168.1.7", "::", "example.org"]:
+        with pytest.raises(ValueError, match="loopback"):
+            serve(workdir, host=host, port=0)
+    for host in ["127.0.0.1", "localhost", "::1"]:
+        review_server.check_host(host, allow_remote=False)
+    review_server.check_host("0.0.0.0", allow_remote=True)
+
+
+def test_only_split_files_are_served(workdir, running, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    (tmp_path / "explain" / "test" / "images" / "link.png").symlink_to(secret)
+    (tmp_path / "explain" / "test" / "images" / "dirlink").symlink_to(tmp_path)
+    srv = running()
+    code, body = srv.get("/files/images/103.png")
+    assert code == 200
+    assert body == (tmp_path / "explain" / "test" / "images" / "103.png").read_bytes()
+    bad = ["/files/../../secret.txt", "/files/images/../../../secret.txt", "/files/%2e%2e/%2e%2e/secret.txt",
+           "/files/..%2f..%2fsecret.txt", "/files/images%2f..%2f..%2f..%2fsecret.txt", f"/files/{secret}",
+           f"/files/%2f{str(secret)[1:]}", "/files//etc/passwd", "/files/..\\..\\secret.txt",
+           "/files/images/link.png", "/files/images/dirlink/secret.txt", "/files/%252e%252e/secret.txt",
+           "/files/images/103.png%00.txt", "/static/../server.py", "/static/%2e%2e/server.py",
+           "/../../secret.txt", "http://127.0.0.1/files/../../secret.txt", "/files/"]
+    for path in bad:
+        code, body = srv.get(path)
+        assert code in (403, 404), (path, code)
+        assert b"TOP-SECRET" not in body and b"import" not in body, path
+    assert srv.get("/files/images/103.png", host="evil.example")[0] == 403  # DNS rebinding
+
+
+def test_index_paths_escaping_the_split_are_not_served(tmp_path):
+    write_workdir(str(tmp_path), n=3, n_wrong=0)
+    (tmp_path / "secret.txt").write_text("TOP-SECRET")
+    path = tmp_path / "explain" / "test" / "index.json"
+    index = json.loads(path.read_text())
+    index["items"][0]["maps"]["cam"] = "../../secret.txt"
+    index["items"][0]["image"] = "/etc/passwd"
+    path.write_text(json.dumps(index))
+    srv = Running(str(tmp_path))
+    try:
+        items = json.loads(srv.get("/api/items?reviewer=eve")[1])["items"]
+        first = items[0]
+        assert srv.get(first["image"])[0] == 404
+        statuses = [srv.get(p["map"])[0] for p in first["panels"]]
+        assert sorted(statuses) == [200, 404]
+    finally:
+        srv.close()
+
+
+def read_lines(workdir, reviewer):
+    with open(os.path.join(workdir, "review", f"ratings-{reviewer}.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_blind_rating_records_real_explainer(workdir, running, tmp_path):
+    srv = running(blind=True)
+    data = json.loads(srv.get("/api/items?reviewer=alice")[1])
+    text = json.dumps(data["items"]).lower()
+    assert "cam" not in text and "crm" not in text
+    assert len(data["items"]) == 6 and all(it["correct"] for it in data["items"])
+    assert {p["label"] for it in data["items"] for p in it["panels"]} == {"A", "B"}
+    before = datetime.datetime.now(datetime.timezone.utc)
+    shown = {}
+    for it in data["items"]:
+        for p in it["panels"]:
+            code, png = srv.get(p["map"])
+            assert code == 200
+            shown[(it["id"], p["position"])] = png
+            assert srv.post({"reviewer": "alice", "image": it["id"], "position": p["position"],
+                             "answer": "meaningful" if p["position"] == 0 else "out_of_roi"})[0] == 200
+    lines = read_lines(workdir, "alice")
+    assert len(lines) == 12
+    orders = set()
+    for r in lines:
+        assert r["reviewer"] == "alice" and r["split"] == "test" and r["kind"] == "explainer"
+        t = datetime.datetime.fromisoformat(r["time"])
+        assert t.utcoffset() == datetime.timedelta(0) and t >= before - datetime.timedelta(seconds=1)
+        assert r["label"] == "AB"[r["position"]]
+        # the map shown at that position is the recorded explainer's map
+        real = (tmp_path / "explain" / "test" / "maps" / r["explainer"] / f"{r['image']}.png").read_bytes()
+        assert shown[(str(r["image"]), r["position"])] == real
+        orders.add((r["image"], r["position"], r["explainer"]))
+    first_at_a = {e for _, pos, e in orders if pos == 0}
+    assert first_at_a == {"cam", "crm"}, "blind order should vary between images"
+
+
+def test_non_blind_panels_named_in_fixed_order(running):
+    srv = running()
+    items = json.loads(srv.get("/api/items?reviewer=bob&all=1")[1])["items"]
+    assert len(items) == 8
+    for it in items:
+        assert [p["explainer"] for p in it["panels"]] == ["cam", "crm"]
+        assert [p["label"] for p in it["panels"]] == ["CAM", "CRM"]
+
+
+def test_bad_ratings_get_400_and_change_nothing(workdir, running):
+    srv = running()
+    ok = {"reviewer": "alice", "image": 103, "explainer": "crm", "answer": "meaningful"}
+    assert srv.post(ok)[0] == 200
+    path = os.path.join(workdir, "review", "ratings-alice.jsonl")
+    before = open(path, "rb").read()
+    bad = [b"{not json", b"\xff\xfe", b"[1, 2]", b'"meaningful"', b"null",
+           {**ok, "image": 999}, {**ok, "image": True}, {**ok, "explainer": "gradcam"},
+           {**ok, "answer": "great"}, {**ok, "answer": ["meaningful"]}, {**ok, "reviewer": "../alice"},
+           {**ok, "reviewer": "alice/x"}, {**ok, "reviewer": ""}, {**ok, "reviewer": 7}, {**ok, "extra": 1},
+           {**ok, "position": 0}, {k: v for k, v in ok.items() if k != "explainer"},
+           {"reviewer": "alice", "image": 103, "position": 2, "answer": "meaningful"},
+           {"reviewer": "alice", "image": 103, "position": True, "answer": "meaningful"},
+           {"reviewer": "alice", "image": 104, "kind": "referral", "answer": ["fornix"]},  # 104 is treatable
+           {"reviewer": "alice", "image": 106, "kind": "referral", "answer": ["nope"]},
+           {"reviewer": "alice", "image": 106, "kind": "referral", "answer": "fornix"},
+           {"reviewer": "alice", "image": 106, "kind": "referral", "answer": ["fornix", "fornix"]},
+           {"reviewer": "alice", "image": 106, "kind": "other", "answer": "meaningful"}]
+    for body in bad:
+        code, msg = srv.post(body)
+        assert code == 400, (body, code)
+        assert b"expected" in msg
+    assert srv.post(json.dumps(ok).encode(), content_type="text/plain")[0] == 415
+    assert open(path, "rb").read() == before
+    assert os.listdir(os.path.dirname(path)) == ["ratings-alice.jsonl"]
+
+
+def test_two_reviewers_resume_and_last_answer(workdir, running):
+    srv = running()
+    for who, answer in [("alice", "meaningful"), ("bob", "bad_image"), ("alice", "out_of_roi")]:
+        for m in METHODS:
+            assert srv.post({"reviewer": who, "image": 102, "explainer": m, "answer": answer})[0] == 200
+    for m in METHODS:  # 106 is labelled not treatable: done only with a referral reason
+        assert srv.post({"reviewer": "alice", "image": 106, "explainer": m, "answer": "meaningful"})[0] == 200
+    state = json.loads(srv.get("/api/items?reviewer=alice")[1])
+    assert state["done"] == ["102"]
+    assert state["answers"]["102"]["panels"] == {"0": "out_of_roi", "1": "out_of_roi"}
+    assert srv.post({"reviewer": "alice", "image": 106, "kind": "referral", "answer": ["tz3", "fornix"]})[0] == 200
+    assert json.loads(srv.get("/api/items?reviewer=alice")[1])["done"] == ["102", "106"]
+    assert json.loads(srv.get("/api/items?reviewer=bob")[1])["done"] == ["102"]
+    assert len(read_lines(workdir, "alice")) == 7 and len(read_lines(workdir, "bob")) == 2
+    assert summarize(workdir)["reviewers"]["alice"]["explainers"]["cam"]["reasons"] == [["out_of_roi", 1]]
+
+
+def test_append_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "review" / "ratings-x.jsonl")
+    review_server.append_atomic(path, '{"a": 1}')
+    before = open(path, "rb").read()
+
+    def crash(*a):
+        raise OSError("killed")
+
+    monkeypatch.setattr(review_server.os, "replace", crash)
+    with pytest.raises(OSError):
+        review_server.append_atomic(path, '{"a": 2}')
+    monkeypatch.undo()
+    assert open(path, "rb").read() == before
+    assert os.listdir(tmp_path / "review") == ["ratings-x.jsonl"]
+    review_server.append_atomic(path, '{"a": 3}')
+    assert [json.loads(x) for x in open(path)] == [{"a": 1}, {"a": 3}]
+
+
+def test_summary_against_references(tmp_path):
+    workdir = str(tmp_path)
+    index = write_workdir(workdir, n=60, size=16, seed=3, n_wrong=5)
+    rng = np.random.default_rng(7)
+    answers = list(review_server.ANSWERS)
+    reasons = list(review_server.REFERRAL_REASONS)
+    items = {str(it["id"]): it for it in index["items"]}
+    final = {"r1": {}, "r2": {}}
+    referral = {"r1": {}, "r2": {}}
+    os.makedirs(tmp_path / "review")
+    for who in final:
+        lines = []
+        for image_id, item in items.items():
+            for m in METHODS:
+                if rng.random() < 0.15:
+                    continue  # not rated
+                for _ in range(rng.integers(1, 3)):  # sometimes answered twice: last wins
+                    a = answers[0] if rng.random() < 0.6 else answers[rng.integers(1, 5)]
+                    lines.append({"kind": "explainer", "reviewer": who, "split": "test", "image": item["id"],
+                                  "explainer": m, "answer": a, "time": "t"})
+                final[who][(image_id, m)] = a
+            if item["label"] == 1:
+                chosen = sorted(rng.choice(reasons, size=rng.integers(1, 4), replace=False).tolist())
+                lines.append({"kind": "referral", "reviewer": who, "split": "test", "image": item["id"],
+                              "answer": chosen, "time": "t"})
+                referral[who][image_id] = chosen
+        lines.append({"kind": "explainer", "reviewer": who, "split": "val", "image": 100,
+                      "explainer": "cam", "answer": "bad_image", "time": "t"})  # other split: ignored
+        (tmp_path / "review" / f"ratings-{who}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    s = summarize(workdir)
+    assert s["n_items"] == 60 and s["n_correct"] == 55
+    for who in final:
+        for m in METHODS:
+            got = s["reviewers"][who]["explainers"][m]
+            mine = {k[0]: a for k, a in final[who].items() if k[1] == m}
+            good = sum(a == "meaningful" for a in mine.values())
+            assert (got["rated"], got["meaningful"], got["misplaced"]) == (len(mine), good, len(mine) - good)
+            assert got["misplaced_share"] == pytest.approx((len(mine) - good) / len(mine))
+            counts = {r: sum(a == r for a in mine.values()) for r in answers[1:]}
+            assert dict(map(tuple, got["reasons"])) == {r: c for r, c in counts.items() if c}
+            assert [c for _, c in got["reasons"]] == sorted([c for _, c in got["reasons"]], reverse=True)
+            y = np.array([mine[i] == "meaningful" for i in sorted(mine)], float)
+            for key in ("pointing_game_lesion", "pointing_game_os", "roi_area", "iou_lesion"):
+                v = np.array([float(items[i]["metrics"][m][key]) for i in sorted(mine)])
+                ok = np.isfinite(v)
+                ref = got["metrics"][key]
+                assert ref["n_meaningful"] + ref["n_misplaced"] == ok.sum()
+                assert ref["correlation"] == pytest.approx(np.corrcoef(y[ok], v[ok])[0, 1], abs=1e-12)
+                assert ref["mean_meaningful"] == pytest.approx(v[ok & (y == 1)].mean())
+                assert ref["mean_misplaced"] == pytest.approx(v[ok & (y == 0)].mean())
+            assert got["metrics"]["pointing_game_os"]["n_meaningful"] < good
+            assert got["metrics"]["pointing_game_lesion"]["correlation_kind"] == "phi"
+            assert got["metrics"]["roi_area"]["correlation_kind"] == "point_biserial"
+        flat = [r for v in referral[who].values() for r in v]
+        assert dict(map(tuple, s["reviewers"][who]["referral_reasons"])) == {r: flat.count(r) for r in set(flat)}
+    (pair,) = s["agreement"]
+    assert pair["reviewers"] == ["r1", "r2"]
+    for m in METHODS:
+        common = sorted(k for k in final["r1"] if k[1] == m and k in final["r2"])
+        a = [final["r1"][k] for k in common]
+        b = [final["r2"][k] for k in common]
+        got = pair["explainers"][m]
+        assert got["n"] == len(common) > 20
+        assert got["kappa"] == pytest.approx(cohen_kappa_score(a, b), abs=1e-12)
+        ab, bb = [x == "meaningful" for x in a], [x == "meaningful" for x in b]
+        assert got["kappa_binary"] == pytest.approx(cohen_kappa_score(ab, bb), abs=1e-12)
+    on_disk = json.loads((tmp_path / "review" / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(s))
+    md = (tmp_path / "review" / "summary.md").read_text()
+    assert f"{s['reviewers']['r1']['explainers']['crm']['misplaced']}/{s['reviewers']['r1']['explainers']['crm']['rated']}" in md
+
+
+def test_kappa_and_correlation_edge_cases():
+    from cervix_jax.review.summary import cohen_kappa, pearson
+    assert cohen_kappa(["a", "a"], ["a", "a"]) is None
+    assert cohen_kappa([], []) is None
+    assert cohen_kappa(["a", "b", "a"], ["a", "b", "a"]) == pytest.approx(1.0)
+    assert pearson([1, 1, 1], [0.2, 0.4, 0.1]) is None
+    with pytest.raises(ValueError, match="equal length"):
+        cohen_kappa(["a"], [])
