@@ -1,0 +1,329 @@
+"""TensorFlow-free tfds builders: `synthetic_cervix` and `cervix_folder` (the user's own images).
+
+Both write `array_record` files of `tfds.features.Tensor` features only (zlib-encoded images and
+masks), read back with `builder.as_data_source("train")`: no TensorFlow anywhere. One split,
+`train`, holds every example; `cervix_jax.data.split` carves train/val/test by group.
+
+    prepare(config.data)          -> builder (built if needed, with a progress bar)
+    load_source(config.data)      -> (source, info)
+    python -m cervix_jax.data.builders --name cervix_folder/mobileodt_treatability \\
+        --manual_dir ~/mobileodt/train --data_dir ~/tfds
+"""
+from __future__ import annotations
+
+if __name__ == "__main__":  # run the registered module's main, not a second copy of the builders
+    import sys
+    from cervix_jax.data.builders import main
+    main(sys.argv[1:])
+    sys.exit(0)
+
+import argparse
+import dataclasses
+import functools
+import json
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from cervix_jax.data import images as images_lib
+from cervix_jax.data import synthetic
+
+REPORT_NAME = "build_report.json"
+_T = tfds.features.Tensor
+_ZLIB = tfds.features.Encoding.ZLIB
+
+
+def _features(hw: tuple) -> tfds.features.FeaturesDict:
+    """The example schema of docs/internals.md; hw = (H, W) or (None, None)."""
+    scalar = lambda: _T(shape=(), dtype=np.int64)
+    mask = lambda: _T(shape=tuple(hw), dtype=np.uint8, encoding=_ZLIB)
+    return tfds.features.FeaturesDict({
+        "image": _T(shape=(*hw, 3), dtype=np.uint8, encoding=_ZLIB),
+        "label": scalar(), "treatability": scalar(), "dysplasia": scalar(),
+        **{k: mask() for k in synthetic.MASK_KEYS},
+        "has_masks": scalar(),
+        "cervix_center": _T(shape=(2,), dtype=np.float32),
+        "group": scalar(), "id": scalar(),
+    })
+
+
+class _ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """array_record by default: the tfds default (tfrecord) would need TensorFlow. Examples are
+    stored in id order (DatasetInfo disable_shuffling), so source[i]["id"] == i."""
+
+    def __init__(self, *, file_format=None, **kwargs):
+        super().__init__(file_format=file_format or tfds.core.FileFormat.ARRAY_RECORD, **kwargs)
+
+
+def _workers(num_examples: int, pixels: int) -> int:
+    """Worker processes for a build: 1 for small builds, else up to the cores (max 8)."""
+    if num_examples * pixels < 50 * 1200 * 800:
+        return 1
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def parallel_map(fn, args, workers: int, chunksize: int = 4):
+    """fn over args, results in order; in `workers` processes when workers > 1 (forked, or
+    spawned once JAX is imported: forking a process running JAX threads can deadlock)."""
+    if workers <= 1:
+        yield from map(fn, args)
+        return
+    method = "spawn" if "jax" in sys.modules else "fork"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        yield from pool.imap(fn, args, chunksize=chunksize)
+
+
+# ----------------------------------------------------------------------------------------------
+# synthetic_cervix
+
+@dataclasses.dataclass(eq=False)
+class SyntheticCervixConfig(tfds.core.BuilderConfig):
+    synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig()
+
+
+class SyntheticCervix(_ArrayRecordBuilder):
+    """Procedural cervigram-like images with cervix/os/TZ/lesion masks (cervix_jax.data.synthetic)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = [
+        SyntheticCervixConfig(
+            name="tiny", description="48 images of 128x192 (HxW), 16 not treatable; tests and demo.",
+            synthetic=synthetic.SyntheticConfig(height=128, width=192, num_images=48, num_positive=16,
+                                                images_per_woman=3, label="treatability", seed=0)),
+        SyntheticCervixConfig(
+            name="paper_b", description="Paper B's size: 1,033 images of 800x1200 (HxW), 729 treatable / "
+                                        "304 not treatable; label = treatability.",
+            synthetic=synthetic.SyntheticConfig(height=800, width=1200, num_images=1033, num_positive=304,
+                                                images_per_woman=3, label="treatability", seed=1)),
+        SyntheticCervixConfig(
+            name="paper_a", description="Paper A's size: 978 images of 1176x1176, 391 abnormal (40%, "
+                                        "an assumption: the paper gives no ratio); label = dysplasia.",
+            synthetic=synthetic.SyntheticConfig(height=1176, width=1176, num_images=978, num_positive=391,
+                                                images_per_woman=3, label="dysplasia", seed=2)),
+    ]
+    DEFAULT_CONFIG_NAME = "tiny"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config.synthetic
+        return tfds.core.DatasetInfo(
+            builder=self, description=__doc__ + f"\nlabel = {cfg.label}; " + self.builder_config.description,
+            features=_features((cfg.height, cfg.width)), homepage="https://example.invalid/cervix-jax",
+            disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        cfg = self.builder_config.synthetic
+        fn = functools.partial(synthetic.generate_example, cfg)
+        workers = _workers(cfg.num_images, cfg.height * cfg.width)
+        for ex in parallel_map(fn, range(cfg.num_images), workers, chunksize=cfg.images_per_woman):
+            yield int(ex["id"]), ex
+
+
+# ----------------------------------------------------------------------------------------------
+# cervix_folder
+
+LABEL_MAPS = {
+    "identity": ({"0": 0, "1": 1}, "label"),
+    # A PROXY for paper B's label: TZ type 1 -> ablation-eligible (treatable); types 2/3 -> not
+    # (IARC: "Ablative treatment is not indicated in a type 2 or type 3 TZ").
+    "mobileodt_treatability": ({"Type_1": 0, "Type_2": 1, "Type_3": 1}, "treatability"),
+    # A visibility PROXY: type 3 (TZ not fully visible) -> 1, types 1/2 -> 0.
+    "mobileodt_type3": ({"Type_1": 0, "Type_2": 0, "Type_3": 1}, "treatability"),
+}
+
+
+@dataclasses.dataclass(eq=False)
+class CervixFolderConfig(tfds.core.BuilderConfig):
+    """label_map: class / manifest label name -> 0/1. label_kind: which key the label also fills
+    ("treatability" | "dysplasia"; "label" fills neither, both stay -1 = unknown)."""
+    label_map: dict = dataclasses.field(default_factory=dict)
+    label_kind: str = "label"
+    max_side: int = 1200
+    min_side: int = 32
+
+
+def folder_config(name: str, label_map: dict, label_kind: str = "label", max_side: int = 1200,
+                  min_side: int = 32) -> CervixFolderConfig:
+    """A custom cervix_folder config (its build lives under data_dir/cervix_folder/<name>/)."""
+    if label_kind not in ("label", "treatability", "dysplasia"):
+        raise ValueError(f"cervix_folder: label_kind must be label|treatability|dysplasia, found {label_kind!r}")
+    bad = {k: v for k, v in label_map.items() if v not in (0, 1)}
+    if bad:
+        raise ValueError(f"cervix_folder: label_map values must be 0 or 1, found {bad}")
+    return CervixFolderConfig(name=name, description=f"label_map={label_map}", label_map=dict(label_map),
+                              label_kind=label_kind, max_side=max_side, min_side=min_side)
+
+
+class CervixFolder(_ArrayRecordBuilder):
+    """The user's own cervix images: class subfolders or a CSV manifest (path,label,group)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = [folder_config(n, m, k) for n, (m, k) in LABEL_MAPS.items()]
+    DEFAULT_CONFIG_NAME = "identity"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    Pass your folder as the manual_dir (tfds.download.DownloadConfig(manual_dir=FOLDER), or
+    `python -m cervix_jax.data.builders --name cervix_folder/<config> --manual_dir FOLDER`):
+      * class subfolders: FOLDER/<class>/*.jpg|png|...; e.g. Intel-MobileODT FOLDER/Type_1|Type_2|Type_3
+        (each file is its own group: without patient ids no split by woman is possible), or
+      * a CSV manifest FOLDER/manifest.csv (or FOLDER = the CSV file) with header path,label[,group];
+        paths relative to the CSV.
+    Labels are mapped to 0/1 by the config's label_map (configs: identity, mobileodt_treatability,
+    mobileodt_type3; the MobileODT ones are PROXIES, not paper B's expert treatability label).
+    A build report (skipped files and why, conversions) is written next to the dataset as
+    build_report.json.
+    """
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.__doc__ + "\n" + (self.builder_config.description or ""),
+            features=_features((None, None)), homepage="https://example.invalid/cervix-jax",
+            disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(Path(dl_manager.manual_dir))}
+
+    def _generate_examples(self, manual_dir: Path):
+        cfg = self.builder_config
+        layout, items, problems = images_lib.discover(manual_dir, cfg.label_map)
+        read = functools.partial(images_lib.read_image, max_side=cfg.max_side, min_side=cfg.min_side)
+        groups: dict[str, int] = {}
+        converted, counts = [], {0: 0, 1: 0}
+        n = 0
+        workers = 1 if len(items) < 200 else max(1, min(8, os.cpu_count() or 1))
+        for item, res in zip(items, parallel_map(read, [it.path for it in items], workers)):
+            if res.image is None:
+                problems.append({"path": item.path, "reason": res.error})
+                continue
+            if res.notes:
+                converted.append({"path": item.path, "notes": res.notes})
+            h, w = res.image.shape[:2]
+            known = np.int64(item.label)
+            unknown = np.int64(-1)
+            ex = {
+                "image": res.image,
+                "label": known,
+                "treatability": known if cfg.label_kind == "treatability" else unknown,
+                "dysplasia": known if cfg.label_kind == "dysplasia" else unknown,
+                **{k: np.zeros((h, w), np.uint8) for k in synthetic.MASK_KEYS},
+                "has_masks": np.int64(0),
+                "cervix_center": np.full((2,), np.nan, np.float32),
+                "group": np.int64(groups.setdefault(item.group, len(groups))),
+                "id": np.int64(n),
+            }
+            counts[item.label] += 1
+            n += 1
+            yield n - 1, ex
+        report = {
+            "manual_dir": str(Path(manual_dir).expanduser().resolve()),
+            "layout": layout, "config": cfg.name, "label_map": cfg.label_map, "label_kind": cfg.label_kind,
+            "max_side": cfg.max_side, "min_side": cfg.min_side,
+            "counts": {"written": n, "skipped": len(problems), "converted": len(converted),
+                       "groups": len(groups), "label_0": counts[0], "label_1": counts[1]},
+            "skipped": problems, "converted": converted,
+        }
+        _write_report(Path(self.data_dir) / REPORT_NAME, report)
+
+
+def _write_report(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    c = report["counts"]
+    print(f"cervix_folder: wrote {c['written']} images ({c['label_0']} label 0, {c['label_1']} label 1, "
+          f"{c['groups']} groups); converted {c['converted']}; skipped {c['skipped']} "
+          f"(reasons in {REPORT_NAME} next to the dataset).")
+    for p in report["skipped"][:10]:
+        print(f"  skipped {p['path']}: {p['reason']}")
+    if len(report["skipped"]) > 10:
+        print(f"  ... and {len(report['skipped']) - 10} more in {REPORT_NAME}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points.
+
+def _get(data_config, key, default=None):
+    try:
+        return data_config[key]
+    except (KeyError, TypeError, AttributeError):
+        return getattr(data_config, key, default)
+
+
+def builder_for(data_config, label_map: Optional[dict] = None) -> tfds.core.DatasetBuilder:
+    """The (unbuilt) builder named by data_config.name ("synthetic_cervix/tiny",
+    "cervix_folder/mobileodt_treatability", ...) under data_config.data_dir. `label_map`
+    (cervix_folder only) makes a custom config named "custom"."""
+    name = _get(data_config, "name")
+    data_dir = os.path.expanduser(_get(data_config, "data_dir"))
+    if label_map is not None:
+        if name.split("/")[0] != "cervix_folder":
+            raise ValueError(f"data.name: label_map is only for cervix_folder, found name {name!r}")
+        kind = _get(data_config, "label", "label")
+        return CervixFolder(config=folder_config("custom", label_map, kind if kind in ("treatability", "dysplasia")
+                                                 else "label"), data_dir=data_dir)
+    return tfds.builder(name, data_dir=data_dir)
+
+
+def prepare(data_config, label_map: Optional[dict] = None) -> tfds.core.DatasetBuilder:
+    """Builds the dataset of data_config (name, data_dir, manual_dir) if not built; returns the builder.
+
+    For cervix_folder, a build made from a different manual_dir is refused (it would be reused
+    silently otherwise): use another data_dir or delete the old build.
+    """
+    builder = builder_for(data_config, label_map)
+    manual_dir = _get(data_config, "manual_dir") or None
+    if builder.name == "cervix_folder":
+        if not manual_dir:
+            raise ValueError("data.manual_dir: cervix_folder needs the folder (or CSV) of your images; found ''")
+        manual_dir = os.path.expanduser(manual_dir)
+        report = Path(builder.data_dir) / REPORT_NAME
+        if report.is_file():
+            built_from = json.loads(report.read_text())["manual_dir"]
+            if built_from != str(Path(manual_dir).resolve()):
+                raise ValueError(f"data.manual_dir={manual_dir!r}, but {builder.data_dir} was built from "
+                                 f"{built_from!r}; use another data.data_dir or delete that folder")
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
+
+
+def load_source(data_config, label_map: Optional[dict] = None):
+    """(random-access source of split "train", DatasetInfo), building first if needed."""
+    builder = prepare(data_config, label_map)
+    return builder.as_data_source("train"), builder.info
+
+
+def _parse_label_map(text: str) -> dict:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.rpartition("=")
+        if not sep or value not in ("0", "1"):
+            raise argparse.ArgumentTypeError(f"--label_map: expected NAME=0|1[,NAME=0|1...], found {part!r}")
+        out[name] = int(value)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m cervix_jax.data.builders", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", default="synthetic_cervix/tiny",
+                   help="synthetic_cervix/{tiny,paper_b,paper_a} or cervix_folder/{" + ",".join(LABEL_MAPS) + "}")
+    p.add_argument("--data_dir", default="~/.cache/cervix_jax/tfds")
+    p.add_argument("--manual_dir", default="", help="cervix_folder: your folder of class subfolders, or a CSV")
+    p.add_argument("--label_map", type=_parse_label_map, default=None,
+                   help="cervix_folder: e.g. Type_1=0,Type_2=1,Type_3=1 (a custom config named 'custom')")
+    p.add_argument("--label", default="label", help="with --label_map: treatability|dysplasia|label")
+    a = p.parse_args(argv)
+    builder = prepare(dict(name=a.name, data_dir=a.data_dir, manual_dir=a.manual_dir, label=a.label), a.label_map)
+    print(f"{builder.info.full_name}: {builder.info.splits['train'].num_examples} examples in {builder.data_dir}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,187 @@
+"""Synthetic cervix generator: label rules, mask/image alignment, determinism, class counts, groups."""
+import numpy as np
+import pytest
+
+from cervix_jax.data import synthetic
+from cervix_jax.viz.sheet import contact_sheet
+
+SEED = int(np.random.default_rng().integers(1_000_000))  # fresh each run; printed on failure
+
+
+def _config(**kw):
+    base = dict(height=96, width=144, num_images=30, num_positive=11, images_per_woman=3, seed=SEED)
+    return synthetic.SyntheticConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def treat_examples():
+    c = _config()
+    return c, [synthetic.generate_example(c, i) for i in range(c.num_images)]
+
+
+@pytest.fixture(scope="module")
+def dys_examples():
+    c = _config(label="dysplasia", num_images=24, num_positive=9)
+    return c, [synthetic.generate_example(c, i) for i in range(c.num_images)]
+
+
+def _dilate(m, r=1):
+    """Binary dilation by a (2r+1)^2 square, NumPy reference."""
+    m = np.pad(m.astype(bool), r)
+    h, w = m.shape[0] - 2 * r, m.shape[1] - 2 * r
+    out = np.zeros((h, w), bool)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            out |= m[dy:dy + h, dx:dx + w]
+    return out
+
+
+def _touches_border(m):
+    return bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())
+
+
+def test_keys_dtypes_shapes(treat_examples):
+    c, exs = treat_examples
+    ex = exs[0]
+    assert set(ex) == {"image", "label", "treatability", "dysplasia", *synthetic.MASK_KEYS, "has_masks",
+                       "cervix_center", "group", "id"}
+    assert ex["image"].dtype == np.uint8 and ex["image"].shape == (c.height, c.width, 3)
+    for k in synthetic.MASK_KEYS:
+        assert ex[k].dtype == np.uint8 and ex[k].shape == (c.height, c.width) and set(np.unique(ex[k])) <= {0, 1}
+    assert ex["cervix_center"].dtype == np.float32 and ex["cervix_center"].shape == (2,)
+    assert [int(e["id"]) for e in exs] == list(range(c.num_images))
+
+
+def test_class_counts_exact(treat_examples):
+    c, exs = treat_examples
+    labels = np.array([int(e["label"]) for e in exs])
+    assert labels.sum() == c.num_positive and (labels == np.array([int(e["treatability"]) for e in exs])).all()
+    # Paper B's preset, from the layout alone: 304 positive of 1,033, labels constant per woman.
+    group_of, group_label = synthetic.layout(synthetic.SyntheticConfig(
+        height=800, width=1200, num_images=1033, num_positive=304, images_per_woman=3, seed=SEED))
+    assert group_of.size == 1033 and group_label[group_of].sum() == 304
+    assert np.bincount(group_of).max() == 3
+
+
+def test_treatability_rules_from_masks(treat_examples):
+    c, exs = treat_examples
+    n_visible_reason = 0
+    for e in exs:
+        lesion, os_, tz = e["lesion_mask"] > 0, e["os_mask"] > 0, e["tz_mask"] > 0
+        into_os = bool((lesion & _dilate(os_, 1)).any())
+        tz_cut = _touches_border(tz | os_)
+        if int(e["label"]) == 0:
+            assert not into_os and not tz_cut, f"seed {SEED} id {int(e['id'])}"
+        else:
+            n_visible_reason += into_os or tz_cut
+        assert int(e["dysplasia"]) == int(lesion.any())
+    assert n_visible_reason >= 1  # lesion-in-os and cut-off positives show in the masks
+
+
+def test_dysplasia_rule(dys_examples):
+    c, exs = dys_examples
+    labels = np.array([int(e["label"]) for e in exs])
+    lesion = np.array([e["lesion_mask"].any() for e in exs])
+    assert labels.sum() == c.num_positive
+    np.testing.assert_array_equal(labels, lesion.astype(int))
+    np.testing.assert_array_equal(labels, [int(e["dysplasia"]) for e in exs])
+
+
+def test_masks_align_with_image(treat_examples, dys_examples):
+    """Lesion pixels are whiter than the rest of the cervix; the os is darker than the TZ."""
+    checked = 0
+    for e in treat_examples[1] + dys_examples[1]:
+        img = e["image"].astype(np.float64)
+        white = img.min(axis=-1)  # whiteness: the smallest channel
+        bright = img.mean(axis=-1)
+        cervix, lesion = e["cervix_mask"] > 0, e["lesion_mask"] > 0
+        os_, tz = e["os_mask"] > 0, e["tz_mask"] > 0
+        rest = cervix & ~lesion & ~os_
+        if lesion.sum() >= 8 and rest.sum() >= 8:
+            assert white[lesion].mean() > white[rest].mean() + 30
+            checked += 1
+        tz_clean = tz & ~lesion
+        if os_.sum() >= 4 and tz_clean.sum() >= 8:
+            assert bright[os_].mean() < bright[tz_clean].mean() - 20
+        assert cervix[os_].all() and cervix[tz].all() and cervix[lesion].all()
+        assert not (os_ & tz).any() and not (os_ & lesion).any()
+    assert checked >= 5
+
+
+def test_cervix_center_inside_cervix(treat_examples):
+    for e in treat_examples[1]:
+        x, y = e["cervix_center"]
+        h, w = e["cervix_mask"].shape
+        if 0 <= x < w and 0 <= y < h and e["cervix_mask"].sum() > 0.5 * np.pi * 20 ** 2:
+            assert e["cervix_mask"][int(y), int(x)] or e["os_mask"].any()
+
+
+def test_deterministic_and_independent_per_index(treat_examples):
+    c, exs = treat_examples
+    synthetic._woman.cache_clear()
+    for i in (c.num_images - 1, 7, 0):  # other order, fresh caches
+        again = synthetic.generate_example(c, i)
+        for k in exs[i]:
+            np.testing.assert_array_equal(again[k], exs[i][k], err_msg=f"key {k} index {i}")
+    other = synthetic.generate_example(_config(seed=SEED + 1), 0)
+    assert np.abs(other["image"].astype(int) - exs[0]["image"].astype(int)).mean() > 5
+    assert list(e["id"] for e in synthetic.generate(c, range(3))) == [0, 1, 2]
+
+
+def test_groups_share_anatomy(treat_examples):
+    c, exs = treat_examples
+    s0 = min(c.height, c.width)
+    by_group = {}
+    for e in exs:
+        by_group.setdefault(int(e["group"]), []).append(e)
+    assert len(by_group) == c.num_women
+    iou = lambda a, b: (a & b).sum() / max(1, (a | b).sum())
+    within, across, moved = [], [], 0
+    for g, es in by_group.items():
+        assert len({int(e["label"]) for e in es}) == 1
+        for a, b in zip(es, es[1:]):
+            assert np.linalg.norm(a["cervix_center"] - b["cervix_center"]) < 0.2 * s0
+            within.append(iou(a["cervix_mask"] > 0, b["cervix_mask"] > 0))
+            moved += not np.array_equal(a["image"], b["image"])
+    firsts = [es[0]["cervix_mask"] > 0 for es in by_group.values()]
+    across = [iou(a, b) for a, b in zip(firsts, firsts[1:])]
+    assert np.mean(within) > 0.6 and np.mean(within) > np.mean(across) + 0.2
+    assert moved >= 1  # jitter and lighting differ between a woman's images
+
+
+def test_distractors_salient_and_off_centre():
+    """Speculum bars are bright (as bright as a lesion) and not confined to the image centre."""
+    c = _config(num_images=24, num_positive=0)
+    bright_pixels = np.zeros((c.height, c.width))
+    for i in range(c.num_images):
+        e = synthetic.generate_example(c, i)
+        bar = (e["image"].min(-1) > 150) & (e["cervix_mask"] == 0)
+        bright_pixels += bar
+    ys, xs = np.nonzero(bright_pixels)
+    assert xs.size > 100
+    off = (np.abs(xs - c.width / 2) > c.width / 4) | (np.abs(ys - c.height / 2) > c.height / 4)
+    assert off.mean() > 0.3
+    none = synthetic.SyntheticConfig(**{**c.__dict__, "distractors": False})
+    e = synthetic.generate_example(none, 0)
+    assert ((e["image"].min(-1) > 150) & (e["cervix_mask"] == 0)).sum() == 0
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="label"):
+        synthetic.SyntheticConfig(label="grade")
+    with pytest.raises(ValueError, match="num_positive"):
+        synthetic.SyntheticConfig(num_images=4, num_positive=5)
+    with pytest.raises(IndexError):
+        synthetic.generate_example(_config(), 30)
+
+
+def test_contact_sheet(tmp_path, treat_examples):
+    from PIL import Image
+    path = contact_sheet(treat_examples[1][:6], tmp_path / "sheet.png", ncols=3)
+    arr = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert arr.shape[0] > 100 and arr.shape[1] > 300
+    # the lesion outline colour (magenta) and the cervix outline (green) are drawn
+    magenta = (arr[..., 0] > 200) & (arr[..., 1] < 80) & (arr[..., 2] > 200)
+    green = (arr[..., 1] > 200) & (arr[..., 0] < 120) & (arr[..., 2] < 120)
+    assert green.sum() > 50
+    assert magenta.sum() > 10 or not any(e["lesion_mask"].any() for e in treat_examples[1][:6])
