@@ -1,0 +1,119 @@
+"""Orbax checkpoints of a `TrainState` plus a JSON `meta` (early-stopping bookkeeping, a SHA-256
+of the state) under `WORKDIR/checkpoints/<step>/`.
+
+Keeps the last `keep` steps and the best one by `best_metric` (Orbax preservation policies).
+Saves are async; `close()` waits for them. On restore, the newest step that reads back and matches
+its hash wins; an unreadable or mismatching one is reported and moved to
+`WORKDIR/checkpoints.corrupt/<step>`, and the one before it is tried.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from cervix_jax.train.parallel import to_host
+from cervix_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def lower_is_better(metric: str) -> bool:
+    """Metrics named like a loss or an error rate are minimised; everything else maximised."""
+    return metric.endswith("loss") or metric.endswith("eer")
+
+
+def state_digest(state_host) -> str:
+    """SHA-256 over every leaf's dtype, shape and bytes, in tree order."""
+    import jax
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(state_host):
+        a = np.ascontiguousarray(leaf)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class Checkpoints:
+    def __init__(self, directory: Path, *, keep: int, best_metric: str):
+        self.directory = Path(directory).absolute()
+        sign = -1.0 if lower_is_better(best_metric) else 1.0
+        policy = pp.AnyPreservationPolicy([
+            pp.LatestN(n=keep),
+            # ties go to the earlier step, as in the loop's bookkeeping
+            pp.BestN(get_metric_fn=lambda m: (sign * float(m[best_metric]), -int(m["step"])), n=1,
+                     keep_checkpoints_without_metrics=False)])
+        self._remove_half_written()
+        self.manager = ocp.CheckpointManager(
+            self.directory, item_names=("state", "meta"),
+            options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                                 cleanup_tmp_directories=False))
+
+    def _remove_half_written(self) -> None:
+        """Deletes Orbax's temporary folders left by a killed save (never a committed step)."""
+        import jax
+        if jax.process_index() == 0 and self.directory.exists():
+            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                print(f"removing half-written checkpoint {tmp}", flush=True)
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def save(self, step: int, state: TrainState, meta: dict, metrics: Optional[dict] = None) -> None:
+        """Saves asynchronously (a host copy of the state is taken first)."""
+        host = to_host(state)
+        meta = {**meta, "step": int(step), "state_sha256": state_digest(host)}
+        self.manager.save(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
+            metrics=None if metrics is None else {**metrics, "step": int(step)}, force=True)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore(self, template: TrainState, step: Optional[int] = None) -> Optional[tuple[TrainState, dict]]:
+        """(state, meta) of `step`, or of the newest good step when None; None if there is none."""
+        self.manager.wait_until_finished()
+        candidates = [step] if step is not None else self.steps()[::-1]
+        target = to_host(template)
+        for s in candidates:
+            try:
+                out = self.manager.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+                state, meta = out["state"], dict(out["meta"])
+                found = state_digest(to_host(state))
+                if found != meta.get("state_sha256"):
+                    raise ValueError(f"state hash {found[:12]} != saved {str(meta.get('state_sha256'))[:12]}")
+                return state, meta
+            except Exception as e:  # noqa: BLE001 - any failure to read back means "corrupt"
+                moved = self._quarantine(s)
+                log.warning("checkpoint %s/%d is corrupt or half-written (%s: %s); moved it to %s and "
+                            "falling back to the previous one", self.directory, s, type(e).__name__,
+                            str(e)[:300], moved)
+                print(f"WARNING: checkpoint {self.directory}/{s} is corrupt or half-written "
+                      f"({type(e).__name__}: {str(e)[:200]}); moved to {moved}; using the previous one",
+                      flush=True)
+                if step is not None:
+                    raise
+        return None
+
+    def _quarantine(self, step: int) -> Path:
+        import jax
+        dst = self.directory.parent / (self.directory.name + ".corrupt") / str(step)
+        if jax.process_index() == 0:
+            src = self.directory / str(step)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.exists():
+                shutil.rmtree(dst)
+            if src.exists():
+                shutil.move(str(src), str(dst))
+        self.manager.reload()
+        return dst
+
+    def close(self) -> None:
+        """Waits for async saves, then releases the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,167 @@
+"""The one entry point of cervix-jax.
+
+    python launch.py <mode> --config configs/<file>.py[:arg] --workdir DIR [--config.key=value ...]
+
+modes: prepare (build the dataset), train, eval, explain, sweep, demo (= prepare + train + eval +
+explain), review, review-summary. Unknown config keys and values of the wrong type fail at once
+naming the key. The resolved config is written to WORKDIR/config.json. Multi-host: pass
+--coordinator/--num_processes/--process_id (or set config.parallel.distributed=True to read the
+standard environment). See docs/training.md.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+MODES = ("prepare", "train", "eval", "explain", "sweep", "demo", "review", "review-summary")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py[:arg]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, figures)")
+_COORDINATOR = flags.DEFINE_string("coordinator", "", "multi-host: host:port of process 0")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "multi-host: number of processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "multi-host: this process's index")
+_SPLIT = flags.DEFINE_string("split", "test", "review: the split to review")
+_PORT = flags.DEFINE_integer("port", 8765, "review: port")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "review: interface to bind")
+_REVIEWER = flags.DEFINE_string("reviewer", None, "review: reviewer name")
+_BLIND = flags.DEFINE_boolean("blind", False, "review: hide labels and scores")
+_ALLOW_REMOTE = flags.DEFINE_boolean("allow_remote", False, "review: allow binding a non-loopback host")
+
+
+def run(mode: str, config, workdir: Path) -> dict:
+    """Runs one mode; returns what it produced (for tests and the shell)."""
+    if mode == "review":
+        from cervix_jax import review
+        review.serve(workdir, split=_SPLIT.value, port=_PORT.value, host=_HOST.value,
+                     reviewer=_REVIEWER.value, blind=_BLIND.value, allow_remote=_ALLOW_REMOTE.value)
+        return {}
+    if mode == "review-summary":
+        from cervix_jax import review
+        return {"summary": review.summarize(workdir, split=_SPLIT.value)}
+    if mode == "prepare":
+        return prepare(config)
+    import jax
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    if mode == "train":
+        from cervix_jax.train.loop import train
+        return train(config, workdir)
+    if mode == "eval":
+        from cervix_jax.train.evaluate import evaluate
+        return evaluate(config, workdir)
+    if mode == "explain":
+        from cervix_jax.train.evaluate import explain
+        return {"explain_dir": str(explain(config, workdir))}
+    if mode == "sweep":
+        from cervix_jax.train.sweep import sweep
+        return sweep(config, workdir)
+    if mode == "demo":
+        from cervix_jax.train.evaluate import evaluate, explain
+        from cervix_jax.train.loop import train
+        out = {"prepare": prepare(config), "train": train(config, workdir)}
+        if out["train"]["status"] == "interrupted":
+            return out
+        out["eval"] = evaluate(config, workdir)
+        out["explain_dir"] = str(explain(config, workdir))
+        return out
+    raise app.UsageError(f"mode: expected one of {MODES}, found {mode!r}")
+
+
+def prepare(config) -> dict:
+    """Builds the tfds dataset of config.data (nothing to do for in-memory `memory/<n>` data)."""
+    if config.data.name.startswith("memory/"):
+        return {"prepared": config.data.name, "note": "in-memory data: nothing to build"}
+    from cervix_jax.data.builders import prepare as build
+    return {"prepared": config.data.name, "result": str(build(config.data))}
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in MODES:
+        raise app.UsageError(f"usage: launch.py <mode> --config FILE.py[:arg] --workdir DIR; "
+                             f"mode is one of {MODES}; found {argv[1:]}")
+    mode = argv[1]
+    logging.set_verbosity(logging.WARNING)  # Orbax and tfds log every step at INFO
+    if _WORKDIR.value is None and mode != "prepare":
+        raise app.UsageError("--workdir is required")
+    if _CONFIG.value is None and mode not in ("review", "review-summary"):
+        raise app.UsageError("--config is required")
+    config = _CONFIG.value
+    if _COORDINATOR.value or (config is not None and config.parallel.distributed):
+        from cervix_jax.train.parallel import initialize_distributed
+        initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    from cervix_jax.train.loop import NonFiniteLossError
+    try:
+        out = run(mode, config, Path(_WORKDIR.value or "."))
+    except NonFiniteLossError as e:
+        print(f"ERROR: {e}", file=sys.stderr, flush=True)
+        return 3
+    print(json.dumps(out, default=str, indent=1)[:4000], flush=True)
+    return 0
+
+
+def check_overrides(argv: list[str]) -> list[str]:
+    """All problems with the `--config.a.b=v` overrides of argv at once: unknown keys (with the
+    keys that exist there) and values that do not parse as the field's type."""
+    import ast
+    import importlib.util
+
+    args = list(argv[1:])
+    path = None
+    for i, a in enumerate(args):
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(args):
+            path = args[i + 1]
+    if path is None:
+        return []
+    file, _, arg = path.partition(":")
+    spec = importlib.util.spec_from_file_location("_launch_config", file)
+    if spec is None or not Path(file).is_file():
+        return [f"--config: no such config file {file!r}"]
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+    errors = []
+    for i, a in enumerate(args):
+        if not a.startswith("--config."):
+            continue
+        key, eq, value = a[len("--config."):].partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        node = config
+        parts = key.split(".")
+        for j, part in enumerate(parts):
+            if not hasattr(node, "keys") or part not in node:
+                have = sorted(node.keys()) if hasattr(node, "keys") else []
+                errors.append(f"--config.{key}: unknown key {'.'.join(parts[:j + 1])!r}"
+                              f"{'; keys there: ' + ', '.join(have) if have else ''}")
+                break
+            node = node[part]
+        else:
+            kind = type(node)
+            try:
+                if kind is bool:
+                    if value.lower() not in ("true", "false", "1", "0"):
+                        raise ValueError("expected true/false")
+                elif kind in (int, float):
+                    kind(value)
+                elif kind in (tuple, list):
+                    parsed = ast.literal_eval(value)
+                    if not isinstance(parsed, (tuple, list)):
+                        raise ValueError("expected a tuple such as (1, 2)")
+            except (ValueError, SyntaxError) as e:
+                errors.append(f"--config.{key}={value!r}: expected {kind.__name__} "
+                              f"(default {node!r}): {e}")
+    return errors
+
+
+if __name__ == "__main__":
+    _problems = check_overrides(sys.argv)
+    if _problems:
+        sys.exit("config errors:\n  " + "\n  ".join(_problems))
+    app.run(main)
