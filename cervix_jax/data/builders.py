@@ -97,6 +97,10 @@ class SyntheticCervix(_ArrayRecordBuilder):
             synthetic=synthetic.SyntheticConfig(height=128, width=192, num_images=48, num_positive=16,
                                                 images_per_woman=3, label="treatability", seed=0)),
         SyntheticCervixConfig(
+            name="demo", description="192 images of 128x192 (HxW), 64 not treatable; the README's demo.",
+            synthetic=synthetic.SyntheticConfig(height=128, width=192, num_images=192, num_positive=64,
+                                                images_per_woman=3, label="treatability", seed=3)),
+        SyntheticCervixConfig(
             name="paper_b", description="Paper B's size: 1,033 images of 800x1200 (HxW), 729 treatable / "
                                         "304 not treatable; label = treatability.",
             synthetic=synthetic.SyntheticConfig(height=800, width=1200, num_images=1033, num_positive=304,

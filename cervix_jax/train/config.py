@@ -25,7 +25,7 @@ def base_config(model: str = "tiny") -> mlc.ConfigDict:
     c.data.normalization = "unit"           # "unit" (0..1) | "caffe" (BGR, mean-subtracted) | "torch"
     c.data.test_fraction = 0.2
     c.data.val_fraction = 0.2               # carved from train, by group
-    c.data.blur = 0                         # Gaussian blur kernel size applied to eval images (0 = none)
+    c.data.blur = 0                         # Gaussian blur ksize for TEST images only (paper B; 0 = none)
     c.data.with_masks = False               # batches carry ground-truth masks (explain/eval)
     c.data.split_seed = 0                   # group split; fixed across config.seed (paired comparisons)
 

@@ -46,7 +46,7 @@ def evaluate(config, workdir) -> dict:
     out_dir = Path(workdir) / "eval"
     data = local_data(config)
     task, variables, step = restore_trained(config, workdir, data)
-    p_eval = data_parallel(functools.partial(eval_step, task=task, blur=config.data.blur),
+    p_eval = data_parallel(functools.partial(eval_step, task=task),
                            config.parallel.wrapper, num_replicated=2)
     scored = {s: score_split(p_eval, variables["params"], variables["frozen"], data.eval[s])
               for s in ("val", "test")}

@@ -75,24 +75,27 @@ def make_data(config, *, num_devices: int, process_index: int, process_count: in
     parts = split_lib.group_split(np.asarray(index["label"]), np.asarray(index["group"]),
                                   test_fraction=dc.test_fraction, val_fraction=dc.val_fraction,
                                   seed=dc.split_seed)
-    pre = functools.partial(pipeline.preprocess, image_size=dc.image_size, pad_to=tuple(dc.pad_to),
-                            normalization=dc.normalization, with_masks=dc.with_masks)
-    show = functools.partial(pipeline.preprocess, image_size=dc.image_size, pad_to=tuple(dc.pad_to),
-                             normalization="unit", with_masks=True)
-    make = functools.partial(pipeline.Loader, source, preprocess_fn=pre, **common)
+    # Paper B's degradation: test images only are blurred (data.blur), on the resized uint8 image
+    # before normalisation and padding, as OpenCV would; train and val (threshold choice) stay clean.
+    def pre_for(split, *, with_masks=dc.with_masks):
+        return functools.partial(pipeline.preprocess, image_size=dc.image_size, pad_to=tuple(dc.pad_to),
+                                 normalization=dc.normalization, with_masks=with_masks,
+                                 blur=dc.blur if split == "test" else 0)
 
     def examples(split, n):
+        pre = pre_for(split, with_masks=True)
         out = []
         for i in parts[split][:n]:
-            ex, shown = pre(source[int(i)]), show(source[int(i)])
-            item = {k: v for k, v in shown.items() if k.endswith("_mask")}
-            item.update(image=ex["image"], display=(np.asarray(shown["image"]) * 255).round().astype(np.uint8),
-                        label=int(ex["label"]), id=int(ex["id"]))
+            ex = pre(source[int(i)])
+            item = {k: v for k, v in ex.items() if k.endswith("_mask")}
+            item.update(image=ex["image"], display=ex["display"], label=int(ex["label"]), id=int(ex["id"]))
             out.append(item)
         return out
 
-    return Data(train=make(parts["train"], shuffle=True, seed=config.seed, drop_remainder=True),
-                eval={s: make(parts[s], shuffle=False, seed=0, drop_remainder=False) for s in ("val", "test")},
+    return Data(train=pipeline.Loader(source, parts["train"], preprocess_fn=pre_for("train"), shuffle=True,
+                                      seed=config.seed, drop_remainder=True, **common),
+                eval={s: pipeline.Loader(source, parts[s], preprocess_fn=pre_for(s), shuffle=False, seed=0,
+                                         drop_remainder=False, **common) for s in ("val", "test")},
                 num_examples=len(source), image_shape=(*dc.pad_to, 3), examples=examples)
 
 

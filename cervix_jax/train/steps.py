@@ -40,12 +40,9 @@ def train_step(state: TrainState, frozen, batch: dict, *, task, optimizer: optax
     return new, metrics
 
 
-def eval_step(params, frozen, batch: dict, *, task, blur: int = 0):
+def eval_step(params, frozen, batch: dict, *, task):
     """Scores of this device's examples, gathered over devices: dict id, label, weight, score,
-    each [global batch]. `blur` > 0 blurs the images first (paper B's degradation)."""
-    if blur:
-        from cervix_jax.data import gaussian_blur
-        batch = {**batch, "image": gaussian_blur(batch["image"], blur)}
+    each [global batch]. (Paper B's blur degradation is applied by the pipeline, see loop.make_data.)"""
     out = {"score": task.predict(params, frozen, batch).astype(jnp.float32),
            "id": batch["id"], "label": batch["label"], "weight": batch["weight"]}
     return jax.lax.all_gather(out, AXIS, tiled=True)
