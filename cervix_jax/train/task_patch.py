@@ -1,0 +1,127 @@
+"""The `Task` for paper A: patch-weight classifier + per-image Gaussian spatial regulator.
+
+Loss per image (Eqn. 4-5): BCE(logit, label) + lambda * mean_m D(a, s), where s is that image's
+regulator density; weighted mean over the batch. Per-example state = one regulator per example,
+{"mu": [N, 2], "cov": [N, 2, 2]}, all initialised by `regulator.init_regulator`. In the
+"iterative" mode the batch's regulators are refit (vmapped, inside the jitted step) from the patch
+weights of this forward pass and returned as new rows; the engine stores them, so they are used the
+next time that image is visited (Algorithm 1: refit once per epoch per image).
+
+config.model keys: patch_size, aggregation ("mean" | "sum" | "concat"), mlp_hidden,
+regulator ("none" | "fixed" | "iterative"), reg_lambda, eps_w, eig_floor.
+"none" drops the spatial term whatever reg_lambda is, and keeps no per-example state.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from cervix_jax import regulator
+from cervix_jax.models.parts import ExplainableModel
+from cervix_jax.models.patch import PatchWeightClassifier
+
+REGULATORS = ("none", "fixed", "iterative")
+
+
+class PatchTask:
+    name = "patch"
+
+    def __init__(self, config):
+        m = config.model
+        if m.regulator not in REGULATORS:
+            raise ValueError(f"config.model.regulator: expected one of {REGULATORS}, "
+                             f"found {m.regulator!r}")
+        self.model = PatchWeightClassifier(patch_size=int(m.patch_size), aggregation=m.aggregation,
+                                           mlp_hidden=tuple(m.mlp_hidden))
+        self.mode = m.regulator
+        self.reg_lambda = 0.0 if m.regulator == "none" else float(m.reg_lambda)
+        self.eps_w = float(m.eps_w)
+        self.eig_floor = float(m.eig_floor)
+        h, w = tuple(config.data.pad_to)
+        p = int(m.patch_size)
+        if h % p or w % p:
+            raise ValueError(f"config.data.pad_to {(h, w)} is not a multiple of "
+                             f"config.model.patch_size {p}")
+        self.grid = (h // p, w // p)
+
+    # -- Task protocol -------------------------------------------------------------------------
+    def init(self, rng, image_shape):
+        h, w, _ = image_shape
+        p = self.model.patch_size
+        if (h // p, w // p) != self.grid:
+            raise ValueError(f"PatchTask.init: image {image_shape} gives a {(h // p, w // p)} grid, "
+                             f"but config.data.pad_to / patch_size gives {self.grid}")
+        variables = self.model.init(rng, jnp.zeros(image_shape, jnp.float32))
+        return {"params": variables["params"], "frozen": {}}
+
+    def init_example_state(self, num_examples: int) -> Optional[dict]:
+        if self.mode == "none":
+            return None
+        mu, cov = regulator.init_regulator(self.grid)
+        return {"mu": jnp.broadcast_to(mu, (num_examples, 2)),
+                "cov": jnp.broadcast_to(cov, (num_examples, 2, 2))}
+
+    def forward(self, params, images):
+        """images [b, H, W, 3] -> (logits [b], patch weights [b, gh, gw])."""
+        chex.assert_rank(images, 4)
+        return jax.vmap(lambda x: self.model.apply({"params": params}, x))(images)
+
+    def loss(self, params, frozen, batch, example_state, rng):
+        del frozen, rng  # no frozen part, no dropout
+        logits, a = self.forward(params, batch["image"])
+        labels = batch["label"].astype(jnp.float32)
+        wt = batch["weight"].astype(jnp.float32)
+        bce = optax.sigmoid_binary_cross_entropy(logits, labels)
+        if self.mode == "none":
+            spatial = jnp.zeros_like(bce)
+            new_state = None
+        else:
+            mu, cov = example_state["mu"], example_state["cov"]
+            chex.assert_shape(mu, (a.shape[0], 2))
+            chex.assert_shape(cov, (a.shape[0], 2, 2))
+            spatial = jax.vmap(regulator.spatial_loss)(a, mu, cov)   # Eqn. 5
+            if self.mode == "iterative":
+                refit = jax.vmap(lambda m, c, x: regulator.refit(
+                    m, c, x, eps_w=self.eps_w, eig_floor=self.eig_floor))
+                new_mu, new_cov, valid = refit(mu, cov, jax.lax.stop_gradient(a))
+            else:
+                new_mu, new_cov, valid = mu, cov, jnp.zeros(mu.shape[0], bool)
+            new_state = {"mu": new_mu, "cov": new_cov}
+        per_example = bce + self.reg_lambda * spatial
+        mean = lambda v: jnp.sum(wt * v) / jnp.maximum(jnp.sum(wt), 1.0)
+        metrics = {"bce": mean(bce), "spatial": mean(spatial),
+                   "accuracy": mean(((logits > 0) == (labels > 0.5)).astype(jnp.float32))}
+        if new_state is not None:
+            metrics["refit_valid"] = mean(valid.astype(jnp.float32))
+        return mean(per_example), {"metrics": metrics, "example_state": new_state}
+
+    def predict(self, params, frozen, batch):
+        del frozen
+        logits, _ = self.forward(params, batch["image"])
+        return jax.nn.sigmoid(logits)
+
+    def explainable(self, variables) -> ExplainableModel:
+        v = {"params": variables["params"]}
+        model = self.model
+
+        def head(grid):
+            logit, _ = model.apply(v, grid, method=PatchWeightClassifier.head)
+            p = jax.nn.sigmoid(logit)
+            return jnp.stack([1.0 - p, p])
+
+        features = lambda image: model.apply(v, image, method=PatchWeightClassifier.features)
+        return ExplainableModel(
+            features=features,
+            head=head,
+            scores=lambda image: head(features(image)),
+            weights=lambda image: model.apply(v, image)[1],
+            class_names=("normal", "dysplasia"),
+        )
+
+
+def make(config) -> PatchTask:
+    return PatchTask(config)

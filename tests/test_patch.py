@@ -1,0 +1,259 @@
+"""Paper A's patch model and task against NumPy float64 / brute-force references."""
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from scipy import stats
+
+from cervix_jax import regulator as R
+from cervix_jax.models.patch import PatchWeightClassifier, crm_patch, patchify
+from cervix_jax.train import task_patch
+
+P = 8                     # tiny patches: 8 -> 4 -> 2 -> 1, K = 48
+H, W = 16, 24             # a 2 x 3 grid
+
+
+def _np_conv_same(x, k, b):
+    """x [n, h, w, c], k [3, 3, c, f]: 'SAME' cross-correlation in float64, explicit loops."""
+    n, h, w, c = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((n, h, w, k.shape[-1]))
+    for dy in range(3):
+        for dx in range(3):
+            out += np.einsum("nhwc,cf->nhwf", xp[:, dy:dy + h, dx:dx + w], k[dy, dx])
+    return out + b
+
+
+def _np_pool(x):
+    n, h, w, c = x.shape
+    x = x[:, :h // 2 * 2, :w // 2 * 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _np_dense(x, d):
+    return x @ np.asarray(d["kernel"], np.float64) + np.asarray(d["bias"], np.float64)
+
+
+def np_forward(params, image, patch, aggregation):
+    """Per-patch loop reference: (logit, weights [gh, gw], feature grid [gh, gw, K])."""
+    img = np.asarray(image, np.float64)
+    gh, gw = img.shape[0] // patch, img.shape[1] // patch
+    cnn = params["patch_cnn"]
+    feats, weights = [], []
+    for i in range(gh):
+        for j in range(gw):
+            x = img[None, i * patch:(i + 1) * patch, j * patch:(j + 1) * patch]
+            for l in range(3):
+                c = cnn[f"Conv_{l}"]
+                x = _np_pool(np.maximum(_np_conv_same(x, np.asarray(c["kernel"], np.float64),
+                                                      np.asarray(c["bias"], np.float64)), 0))
+            hj = x.reshape(-1)
+            z = hj
+            for l in range(3):
+                z = np.maximum(_np_dense(z, params["weight_net"][f"Dense_{l}"]), 0)
+            a = 1 / (1 + np.exp(-_np_dense(z, params["weight_net"]["Dense_3"])[0]))
+            feats.append(hj)
+            weights.append(a)
+    h, a = np.stack(feats), np.array(weights)
+    if aggregation == "mean":
+        f = a @ h / (a.sum() + 1e-6)
+    elif aggregation == "sum":
+        f = a @ h
+    else:
+        f = (a[:, None] * h).reshape(-1)
+    for l in range(2):
+        f = np.maximum(_np_dense(f, params["classifier"][f"Dense_{l}"]), 0)
+    logit = _np_dense(f, params["classifier"]["Dense_2"])[0]
+    return logit, a.reshape(gh, gw), h.reshape(gh, gw, -1)
+
+
+def test_patchify_matches_slicing():
+    rng = np.random.default_rng()
+    x = rng.normal(size=(H, W, 3)).astype(np.float32)
+    got = np.asarray(patchify(jnp.asarray(x), P))
+    assert got.shape == (H // P, W // P, P, P, 3)
+    for i in range(H // P):
+        for j in range(W // P):
+            np.testing.assert_array_equal(got[i, j], x[i * P:(i + 1) * P, j * P:(j + 1) * P])
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "sum", "concat"])
+def test_forward_matches_numpy_per_patch_loop(aggregation):
+    rng = np.random.default_rng()
+    model = PatchWeightClassifier(patch_size=P, aggregation=aggregation, mlp_hidden=(16, 8))
+    image = jnp.asarray(rng.uniform(0, 1, (H, W, 3)), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(rng.integers(1 << 30)), image)
+    # non-zero biases, so that the reference checks them too
+    variables = jax.tree_util.tree_map(
+        lambda v: v + 0.05 * jnp.asarray(rng.normal(size=v.shape), v.dtype), variables)
+    logit, a = model.apply(variables, image)
+    ref_logit, ref_a, ref_grid = np_forward(variables["params"], image, P, aggregation)
+    np.testing.assert_allclose(a, ref_a, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(logit, ref_logit, rtol=1e-4, atol=1e-4)
+    grid = model.apply(variables, image, method=PatchWeightClassifier.features)
+    np.testing.assert_allclose(grid, ref_grid, rtol=1e-4, atol=1e-5)
+
+
+def test_glorot_uniform_init_statistics():
+    model = PatchWeightClassifier(patch_size=28)
+    params = model.init(jax.random.PRNGKey(np.random.default_rng().integers(1 << 30)),
+                        jnp.ones((28, 28, 3)))["params"]
+    kernels = {"conv": params["patch_cnn"]["Conv_2"]["kernel"],        # fan 216 in, 432 out
+               "dense": params["weight_net"]["Dense_0"]["kernel"]}     # fan 432 in, 800 out
+    assert kernels["dense"].shape == (432, 800)
+    for name, k in kernels.items():
+        k = np.asarray(k, np.float64)
+        receptive = np.prod(k.shape[:-2]) if k.ndim > 2 else 1
+        fan_in, fan_out = k.shape[-2] * receptive, k.shape[-1] * receptive
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        assert np.abs(k).max() <= limit * (1 + 1e-6)
+        np.testing.assert_allclose(k.var(), 2.0 / (fan_in + fan_out), rtol=0.05)
+        assert stats.kstest(k.ravel(), stats.uniform(-limit, 2 * limit).cdf).pvalue > 1e-3, name
+    for b in jax.tree_util.tree_leaves({k: v for k, v in params["weight_net"].items()}):
+        if b.ndim == 1:
+            np.testing.assert_array_equal(b, 0)
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "sum"])
+def test_crm_patch_equals_brute_force_zero_ablation(aggregation):
+    rng = np.random.default_rng()
+    model = PatchWeightClassifier(patch_size=P, aggregation=aggregation, mlp_hidden=(16, 8))
+    image = jnp.asarray(rng.uniform(0, 1, (H, W, 3)), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(rng.integers(1 << 30)), image)
+    variables = jax.tree_util.tree_map(
+        lambda v: v + 0.05 * jnp.asarray(rng.normal(size=v.shape), v.dtype), variables)
+    grid = model.apply(variables, image, method=PatchWeightClassifier.features)
+    got = crm_patch(model, variables, grid)
+
+    def scores(g):
+        p = jax.nn.sigmoid(model.apply(variables, g, method=PatchWeightClassifier.head)[0])
+        return np.array([1 - p, p], np.float64)
+
+    s = scores(grid)
+    ref = np.zeros(grid.shape[:2])
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            ref[i, j] = ((s - scores(grid.at[i, j].set(0.0))) ** 2).sum()
+    assert ref.max() > 1e-8
+    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=1e-8)
+
+
+def _config(regulator="iterative", pad_to=(H, W)):
+    c = mlc.ConfigDict()
+    c.data = mlc.ConfigDict({"pad_to": pad_to})
+    c.model = mlc.ConfigDict({"name": "patch", "patch_size": P, "aggregation": "mean",
+                              "mlp_hidden": (16, 8), "regulator": regulator, "reg_lambda": 0.5,
+                              "eps_w": 1e-3, "eig_floor": 0.25})
+    return c
+
+
+def _batch(rng, ids):
+    b = len(ids)
+    return {"image": jnp.asarray(rng.uniform(0, 1, (b, H, W, 3)), jnp.float32),
+            "label": jnp.asarray(rng.integers(0, 2, b), jnp.int32),
+            "id": jnp.asarray(ids, jnp.int32),
+            "weight": jnp.ones(b, jnp.float32)}
+
+
+def _np_bce(logit, y):
+    return np.logaddexp(0, logit) - y * logit
+
+
+def test_train_step_refits_exactly_the_batch_regulators_and_checkpoints(tmp_path):
+    rng = np.random.default_rng()
+    task = task_patch.make(_config("iterative"))
+    n = 10
+    variables = task.init(jax.random.PRNGKey(rng.integers(1 << 30)), (H, W, 3))
+    state = task.init_example_state(n)
+    ref_mu, ref_cov = R.init_regulator((H // P, W // P))
+    np.testing.assert_allclose(state["mu"], np.broadcast_to(ref_mu, (n, 2)))
+    ids = np.array([7, 2, 5])
+    batch = _batch(rng, ids)
+    rows = jax.tree_util.tree_map(lambda s: s[batch["id"]], state)
+    opt = optax.adam(1e-3)
+    opt_state = opt.init(variables["params"])
+    (loss, aux), grads = jax.jit(jax.value_and_grad(task.loss, has_aux=True))(
+        variables["params"], {}, batch, rows, jax.random.PRNGKey(0))
+    updates, _ = opt.update(grads, opt_state, variables["params"])
+    params = optax.apply_updates(variables["params"], updates)
+    new_state = jax.tree_util.tree_map(lambda s, r: s.at[batch["id"]].set(r), state,
+                                       aux["example_state"])
+
+    # the loss and the refit against NumPy float64 on the forward's outputs
+    logits, a = task.forward(variables["params"], batch["image"])
+    ys, xs = np.mgrid[0:H // P, 0:W // P]
+    ref_loss = 0.0
+    for k in range(len(ids)):
+        s = stats.multivariate_normal(mean=np.asarray(rows["mu"][k], np.float64),
+                                      cov=np.asarray(rows["cov"][k], np.float64)).pdf(
+            np.stack([xs, ys], -1))
+        ak = np.asarray(a[k], np.float64)
+        mm = lambda x: (x - x.min()) / (x.max() - x.min() + 1e-6)
+        ref_loss += _np_bce(float(logits[k]), float(batch["label"][k])) + 0.5 * (1 - mm(ak) * mm(s)).mean()
+        w = ak.ravel()
+        m = np.stack([xs.ravel(), ys.ravel()], 1)
+        mu = w @ m / w.sum()
+        np.testing.assert_allclose(aux["example_state"]["mu"][k], mu, rtol=1e-5)
+    np.testing.assert_allclose(loss, ref_loss / len(ids), rtol=1e-5)
+
+    changed = np.any(np.asarray(new_state["mu"]) != np.asarray(state["mu"]), axis=1) | np.any(
+        np.asarray(new_state["cov"]) != np.asarray(state["cov"]), axis=(1, 2))
+    np.testing.assert_array_equal(np.flatnonzero(changed), np.sort(ids))
+    assert not jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda x, y: np.array_equal(x, y), params, variables["params"]))
+    assert aux["metrics"]["refit_valid"] == 1.0
+
+    # a checkpoint round trip keeps every regulator
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(tmp_path / "ckpt", {"example_state": new_state})
+    ckpt.wait_until_finished()
+    restored = ckpt.restore(tmp_path / "ckpt")["example_state"]
+    for key in ("mu", "cov"):
+        np.testing.assert_array_equal(restored[key], new_state[key])
+
+
+def test_fixed_keeps_rows_and_none_has_no_state():
+    rng = np.random.default_rng()
+    batch = _batch(rng, [1, 3])
+    fixed = task_patch.make(_config("fixed"))
+    variables = fixed.init(jax.random.PRNGKey(rng.integers(1 << 30)), (H, W, 3))
+    rows = jax.tree_util.tree_map(lambda s: s[batch["id"]], fixed.init_example_state(4))
+    loss_f, aux = fixed.loss(variables["params"], {}, batch, rows, None)
+    np.testing.assert_array_equal(aux["example_state"]["mu"], rows["mu"])
+    none = task_patch.make(_config("none"))
+    assert none.init_example_state(4) is None
+    loss_n, aux_n = none.loss(variables["params"], {}, batch, None, None)
+    assert aux_n["example_state"] is None
+    np.testing.assert_allclose(loss_n, aux["metrics"]["bce"], rtol=1e-6)
+    np.testing.assert_allclose(loss_f - loss_n, 0.5 * aux["metrics"]["spatial"], rtol=1e-5)
+    assert aux["metrics"]["spatial"] > 0
+
+
+def test_explainable_views_agree():
+    rng = np.random.default_rng()
+    task = task_patch.make(_config())
+    variables = task.init(jax.random.PRNGKey(rng.integers(1 << 30)), (H, W, 3))
+    ex = task.explainable(variables)
+    image = jnp.asarray(rng.uniform(0, 1, (H, W, 3)), jnp.float32)
+    scores = ex.scores(image)
+    p = task.predict(variables["params"], {}, {"image": image[None]})[0]
+    np.testing.assert_allclose(scores, [1 - p, p], rtol=1e-6)
+    np.testing.assert_allclose(ex.head(ex.features(image)), scores, rtol=1e-6)
+    _, a = task.forward(variables["params"], image[None])
+    np.testing.assert_allclose(ex.weights(image), a[0], rtol=1e-6)
+
+
+def test_config_variants_build_consistent_grids():
+    from configs.patch import get_config
+    from cervix_jax.models.patch import PATCH_VARIANTS
+    for name, (p, side, g) in PATCH_VARIANTS.items():
+        c = get_config(f"{name},fixed")
+        assert c.model.patch_size == p and tuple(c.data.pad_to) == (side, side)
+        assert task_patch.make(c).grid == (g, g) and c.model.regulator == "fixed"
+    c = get_config("runlocal")
+    assert task_patch.make(c).grid == (16, 24)
+    with pytest.raises(ValueError, match="unknown args"):
+        get_config("ps29")
