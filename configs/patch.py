@@ -16,15 +16,6 @@ from cervix_jax.models.patch import PATCH_VARIANTS
 from cervix_jax.train.config import base_config
 
 
-MODEL_DEFAULTS = {
-    "patch_size": 28,
-    "aggregation": "mean",        # "mean" | "sum" | "concat"
-    "mlp_hidden": (256, 64),      # the classifier MLP's two hidden layers
-    "regulator": "iterative",     # "none" | "fixed" | "iterative"
-    "reg_lambda": 0.1,            # ignored when regulator == "none"
-    "eps_w": 1e-3,                # a refit needs the patch weights to sum above this
-    "eig_floor": 0.25,            # floor of the regulator covariance's eigenvalues (patch units^2)
-}
 
 
 def get_config(arg: str | None = None):
@@ -43,10 +34,6 @@ def get_config(arg: str | None = None):
     c.data.image_size = side
     c.data.pad_to = (side, side)
 
-    # TODO(lead): move these defaults into config._MODEL_DEFAULTS["patch"]; until then they are
-    # added here under an unlocked config.model (the config stays locked afterwards).
-    with c.unlocked():
-        c.model.update(MODEL_DEFAULTS)
     c.model.patch_size = patch
     c.model.regulator = next((a for a in args if a in ("none", "fixed", "iterative")), "iterative")
 

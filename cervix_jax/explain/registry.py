@@ -7,7 +7,8 @@
 "occlusion" and "integrated_gradients" (`Explainer.grid`). `target` (class index, may be traced)
 defaults to the predicted class argmax(model.scores(image)); CRM and Eigen-CAM ignore it (CRM
 sums over all classes). Maps are raw: see `postprocess.heatmap` for display. "crm" runs the exact
-`crm_pooled` when the model has `post_pool`, else `crm` in chunks of `batch_size=64` locations.
+`crm_pooled` when the model has `post_pool`, else the model's own closed form `model.crm` (paper A's
+patch model), else `crm` in chunks of `batch_size=64` locations.
 Batch with `jax.vmap(lambda x: explain(method, model, x))`.
 """
 from __future__ import annotations
@@ -84,6 +85,8 @@ def _crm(model, image, target, *, score_space: str = "scores", batch_size: Optio
         raise ValueError(f"explain('crm'): score_space must be 'scores' or 'nlm', found {score_space!r}")
     if model.post_pool is not None:
         return crm_pooled(model.post_pool, features)
+    if model.crm is not None:
+        return model.crm(features)
     return crm(model.head, features, batch_size=batch_size)
 
 

@@ -25,6 +25,8 @@ class ExplainableModel:
     kernel:    dense kernel [K, C] of a GAP + dense head (for CAM), else None.
     weights:   image [H, W, 3] -> [h, w] interpretation map of the model itself (paper A's patch
                weights), else None.
+    crm:       feature map [h, w, K] -> [h, w], an exact closed form of crm(head, features) when the
+               head allows one that `post_pool` does not cover (paper A's weighted aggregation).
     class_names: names of the C classes.
     """
 
@@ -34,4 +36,5 @@ class ExplainableModel:
     post_pool: Optional[Callable[[Array], Array]] = None
     kernel: Optional[Array] = None
     weights: Optional[Callable[[Array], Array]] = None
+    crm: Optional[Callable[[Array], Array]] = None
     class_names: tuple[str, ...] = ("negative", "positive")

@@ -65,4 +65,7 @@ def base_config(model: str = "tiny") -> mlc.ConfigDict:
 # Keys under config.model per family (set by the family's owner).
 _MODEL_DEFAULTS: dict[str, dict] = {
     "tiny": {"width": 8, "example_state": False},
+    # paper A (configs/patch.py): see cervix_jax/train/task_patch.py and docs/patch_model.md
+    "patch": {"patch_size": 28, "aggregation": "mean", "mlp_hidden": (256, 64), "regulator": "iterative",
+              "reg_lambda": 0.1, "eps_w": 1e-3, "eig_floor": 0.25},
 }

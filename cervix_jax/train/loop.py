@@ -253,6 +253,8 @@ def train(config, workdir, *, data: Optional[Data] = None) -> dict:
                     if tc.best_metric not in val:
                         raise KeyError(f"config.train.best_metric={tc.best_metric!r}: expected one of {sorted(val)}")
                     log.write({"step": step, "epoch": epoch, "split": "val", **val})
+                    if hasattr(task, "on_epoch_end") and jax.process_index() == 0:
+                        task.on_epoch_end(to_host(state.example_state), epoch + 1, workdir, data)
                     value = val[tc.best_metric]
                     if meta["best_value"] is None or not worse(value, meta["best_value"]):
                         meta.update(best_value=value, best_step=step, bad_epochs=0)

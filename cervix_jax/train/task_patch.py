@@ -13,16 +13,18 @@ regulator ("none" | "fixed" | "iterative"), reg_lambda, eps_w, eig_floor.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cervix_jax import regulator
 from cervix_jax.models.parts import ExplainableModel
-from cervix_jax.models.patch import PatchWeightClassifier
+from cervix_jax.models.patch import PatchWeightClassifier, crm_patch
 
 REGULATORS = ("none", "fixed", "iterative")
 
@@ -119,8 +121,46 @@ class PatchTask:
             head=head,
             scores=lambda image: head(features(image)),
             weights=lambda image: model.apply(v, image)[1],
+            crm=None if model.aggregation == "concat" else (lambda grid: crm_patch(model, v, grid)),
             class_names=("normal", "dysplasia"),
         )
+
+    def on_epoch_end(self, example_state, epoch: int, workdir, data, num_images: int = 4) -> None:
+        """Records the regulators of the first `num_images` training images after every epoch in
+        WORKDIR/regulator_history.npz and redraws WORKDIR/regulator_evolution.png (Fig. 5 d-g)."""
+        if example_state is None:
+            return
+        from cervix_jax.viz.regulator import plot_regulator_evolution
+
+        if getattr(self, "_tracked", None) is None:
+            self._tracked = data.examples("train", num_images)
+        ids = np.array([e["id"] for e in self._tracked])
+        path = Path(workdir) / "regulator_history.npz"
+        history = dict(np.load(path)) if path.exists() else {}
+        if not history:
+            mu0, cov0 = regulator.init_regulator(self.grid)
+            history["mu_0"] = np.broadcast_to(np.asarray(mu0), (len(ids), 2))
+            history["cov_0"] = np.broadcast_to(np.asarray(cov0), (len(ids), 2, 2))
+        history[f"mu_{epoch}"] = np.asarray(example_state["mu"])[ids]
+        history[f"cov_{epoch}"] = np.asarray(example_state["cov"])[ids]
+        np.savez(path, **history)
+        epochs = sorted(int(k[3:]) for k in history if k.startswith("mu_"))
+        if len(epochs) > 6:  # keep the figure readable: first, last and evenly spaced between
+            epochs = sorted({epochs[int(round(i))] for i in np.linspace(0, len(epochs) - 1, 6)})
+        centers = np.array([_mask_center(e.get("cervix_mask")) for e in self._tracked])
+        plot_regulator_evolution(
+            np.stack([e["display"] for e in self._tracked]),
+            [(e, history[f"mu_{e}"], history[f"cov_{e}"]) for e in epochs], self.model.patch_size,
+            Path(workdir) / "regulator_evolution.png", true_centers=centers,
+            masks=np.stack([e["cervix_mask"] for e in self._tracked]) if "cervix_mask" in self._tracked[0] else None)
+
+
+def _mask_center(mask) -> tuple[float, float]:
+    """(x, y) pixel centroid of a mask; nan when absent or empty."""
+    if mask is None or not np.any(mask):
+        return (np.nan, np.nan)
+    ys, xs = np.nonzero(mask)
+    return (float(xs.mean()), float(ys.mean()))
 
 
 def make(config) -> PatchTask:
