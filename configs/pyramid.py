@@ -13,18 +13,6 @@ from cervix_jax.models import pyramid
 from cervix_jax.train.config import base_config
 
 
-# Model keys of the "pyramid" family; to move into cervix_jax.train.config._MODEL_DEFAULTS.
-MODEL_DEFAULTS = {
-    "levels": "p3,p6,p7",           # level list or a paper head name (pyramid.parse_levels)
-    "upsample": "nearest_legacy",   # | "bilinear"
-    "backbone": "resnet50",         # | "tiny" (tests, runlocal)
-    "style": "caffe",               # keras-retinanet (the authors' framework) | "torchvision"
-    "stem": "same",                 # keras-resnet 0.2 | "pad3_same" (0.1) | "symmetric" (torchvision)
-    "bn_eps": 1e-5,                 # torchvision COCO v1 weights: 0.0
-    "conv_bias": False,
-    "p6_from": "C5",                # torchvision v1: "P5"
-    "backbone_checkpoint": "",      # folder from `python -m cervix_jax.convert.cli`
-}
 
 
 def get_config(arg: str = "p3p6p7"):
@@ -34,6 +22,7 @@ def get_config(arg: str = "p3p6p7"):
     pyramid.parse_levels(levels)            # fail early on a bad arg
 
     c = base_config("pyramid")
+    c.data.name = "synthetic_cervix/paper_b"
     c.data.image_size = 1200                # paper B: longer border 1200
     c.data.pad_to = (800, 1200)
     c.data.normalization = "unit"           # pixels in (0, 1)
@@ -41,10 +30,6 @@ def get_config(arg: str = "p3p6p7"):
     c.train.batch_size = 8
     c.train.epochs = 30
 
-    with c.unlocked():                      # until base_config("pyramid") has these keys
-        for key, value in MODEL_DEFAULTS.items():
-            if key not in c.model:
-                c.model[key] = value
     c.model.levels = levels
     c.sweep.grid = (("model.levels", tuple(pyramid.PAPER_HEADS)),)   # the paper's seven heads
 

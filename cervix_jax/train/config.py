@@ -65,6 +65,18 @@ def base_config(model: str = "tiny") -> mlc.ConfigDict:
 # Keys under config.model per family (set by the family's owner).
 _MODEL_DEFAULTS: dict[str, dict] = {
     "tiny": {"width": 8, "example_state": False},
+    # paper B (configs/pyramid.py): see cervix_jax/train/task_pyramid.py and docs/models.md
+    "pyramid": {
+        "levels": "p3,p6,p7",           # level list or a paper head name (models.pyramid.parse_levels)
+        "upsample": "nearest_legacy",   # | "bilinear"
+        "backbone": "resnet50",         # | "tiny" (tests, runlocal)
+        "style": "caffe",               # keras-retinanet (the authors' framework) | "torchvision"
+        "stem": "same",                 # keras-resnet 0.2 | "pad3_same" (0.1) | "symmetric" (torchvision)
+        "bn_eps": 1e-5,                 # torchvision COCO v1 weights: 0.0
+        "conv_bias": False,
+        "p6_from": "C5",                # torchvision v1: "P5"
+        "backbone_checkpoint": "",      # folder from `python -m cervix_jax.convert.cli`
+    },
     # paper A (configs/patch.py): see cervix_jax/train/task_patch.py and docs/patch_model.md
     "patch": {"patch_size": 28, "aggregation": "mean", "mlp_hidden": (256, 64), "regulator": "iterative",
               "reg_lambda": 0.1, "eps_w": 1e-3, "eig_floor": 0.25},
