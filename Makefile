@@ -20,8 +20,10 @@ setup: $(STAMP)
 browser:
 	@bash scripts/ensure_chromium.sh
 
+# Paper B's pyramid classifier, then paper A's patch model, on the synthetic demo data (~6 min, 2 CPUs).
 demo: $(STAMP)
 	$(PY) launch.py demo --config configs/demo.py --workdir $(WORKDIR)
+	$(PY) launch.py demo --config configs/demo.py:patch --workdir $(WORKDIR)_patch
 
 test: $(STAMP) browser
 	bash scripts/run_tests.sh $(PY)

@@ -19,7 +19,7 @@ def base_config(model: str = "tiny") -> mlc.ConfigDict:
     c.data.name = "synthetic_cervix/tiny"   # tfds name[/config]; "cervix_folder"; "memory/<n>" (tests)
     c.data.data_dir = "~/.cache/cervix_jax/tfds"  # where tfds writes/reads array_record files
     c.data.manual_dir = ""                  # for cervix_folder: the user's folder or CSV
-    c.data.label = "treatability"           # "treatability" | "dysplasia" (synthetic data)
+    c.data.label = "label"                  # target: the builder's "label", or "treatability" | "dysplasia"
     c.data.image_size = 192                 # longer border after resize (paper B: 1200)
     c.data.pad_to = (128, 192)              # fixed (H, W) after padding, for jit
     c.data.normalization = "unit"           # "unit" (0..1) | "caffe" (BGR, mean-subtracted) | "torch"
@@ -58,6 +58,7 @@ def base_config(model: str = "tiny") -> mlc.ConfigDict:
     # ((dotted key, values), ...): the cartesian product, one workdir per point; e.g.
     # (("model.levels", ("p3", "p3,p6,p7")), ("seed", (0, 1, 2))). Seeds are averaged in the table.
     c.sweep.grid = ()
+    c.sweep.fast = True                     # use the task's sweep_fast if any (paper B); False: ordinary runs
     c.lock()
     return c
 

@@ -72,6 +72,12 @@ def make_data(config, *, num_devices: int, process_index: int, process_count: in
     from cervix_jax.data import builders, pipeline, split as split_lib
     source, _ = builders.load_source(dc)
     index = pipeline.index_source(source)
+    if dc.label != "label":  # train on another label set the examples carry (synthetic data has both)
+        values = np.asarray(index[dc.label])
+        if (values < 0).any():
+            raise ValueError(f"config.data.label={dc.label!r}: {int((values < 0).sum())} of {len(values)} "
+                             f"examples of {dc.name} have no {dc.label!r} label; use 'label'")
+        source, index = _Relabeled(source, dc.label), {**index, "label": values}
     parts = split_lib.group_split(np.asarray(index["label"]), np.asarray(index["group"]),
                                   test_fraction=dc.test_fraction, val_fraction=dc.val_fraction,
                                   seed=dc.split_seed)
@@ -97,6 +103,20 @@ def make_data(config, *, num_devices: int, process_index: int, process_count: in
                 eval={s: pipeline.Loader(source, parts[s], preprocess_fn=pre_for(s), shuffle=False, seed=0,
                                          drop_remainder=False, **common) for s in ("val", "test")},
                 num_examples=len(source), image_shape=(*dc.pad_to, 3), examples=examples)
+
+
+class _Relabeled:
+    """A random-access source whose examples' `label` is their `key` field."""
+
+    def __init__(self, source, key: str):
+        self.source, self.key = source, key
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i):
+        example = self.source[i]
+        return {**example, "label": example[self.key]}
 
 
 def local_data(config) -> Data:
