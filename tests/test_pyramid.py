@@ -145,7 +145,19 @@ def test_heads_from_cache_equal_heads_on_full_maps(frozen, data):
 def test_train_heads_minibatches_learn(frozen, data):
     task = tiny_task("p3")
     cache = feature_cache.extract(task, frozen, [data])
-    heads = feature_cache.train_heads(cache, [("P3",), ("P5",)], [0, 1, 2], steps=30, lr=5e-2, batch_size=2)
-    assert len(heads) == 6
-    for h in heads.values():
-        assert h["loss"].shape == (30,) and float(h["loss"][-5:].mean()) < float(h["loss"][:5].mean())
+    subsets, seeds = [("P3",), ("P5",)], [0, 1, 2]
+    heads = feature_cache.train_heads(cache, subsets, seeds, steps=30, lr=5e-2, batch_size=2)
+    # lr 0: the initial heads, as train_heads makes them.
+    inits = feature_cache.train_heads(cache, subsets, seeds, steps=1, optimizer=optax.sgd(0.0), batch_size=2)
+    assert len(heads) == 6 and heads.keys() == inits.keys()
+
+    def full_data_nll(params, levels):  # NumPy float64 reference of the weighted-mean cross-entropy
+        x = np.asarray(feature_cache.pooled_features(cache["pooled"], levels), np.float64)
+        logits = x @ np.asarray(params["classifier"]["kernel"], np.float64) + np.asarray(params["classifier"]["bias"])
+        logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+        return -logp[np.arange(len(x)), np.asarray(cache["label"])].mean()
+
+    for key, h in heads.items():
+        levels = key[0]
+        assert h["loss"].shape == (30,)
+        assert full_data_nll(h["params"], levels) < full_data_nll(inits[key]["params"], levels) - 1e-3
