@@ -4,10 +4,24 @@
     python launch.py train --config configs/pyramid.py:p3p6p7,runlocal --workdir /tmp/pyr   # seconds, CPU
 
 `arg` is a comma-separated list of levels (`p3,p6,p7`) or one of the paper's seven heads by name
-(`p3`, `p4`, `p5`, `p6`, `p7`, `p3p6p7`, `p3-p7`), optionally followed by `runlocal` (tiny backbone on
-synthetic_cervix/tiny at 128x192). No pretrained weights can be downloaded here: without
-`--config.model.backbone_checkpoint=DIR` (made by `python -m cervix_jax.convert.cli`, which prints
-the matching --config.model.* flags) the backbone is random-initialised.
+(`p3`, `p4`, `p5`, `p6`, `p7`, `p3p6p7`, `p3-p7`), optionally with modifiers:
+  runlocal  tiny backbone on synthetic_cervix/tiny at 128x192 (tests, smoke runs)
+  small     the real ResNet50-FPN on synthetic_cervix/demo (192 images) at 128x192, head lr 1e-3, 30 epochs
+  sweep     config.sweep.grid = the seven heads x seeds (0, 1, 2) x test blur (0, 19, 49): paper B's
+            Tables 2 and 4. Trained by the fast path (PyramidTask.sweep_fast: one backbone pass, all 21
+            heads in one vmapped program; --config.sweep.fast=False runs the points one by one). Below
+            1200 px the blur kernels are scaled by longer border / 1200 to the nearest odd size
+            (`scaled_blur`: 19 -> 3 and 49 -> 7 at 192 px); the grid holds the kernel sizes used.
+
+    python launch.py sweep --config configs/pyramid.py:sweep,small --workdir runs/paper_b_sweep
+        2 shared CPU cores (other jobs running): 51 s wall for all 63 points (docs/results/paper_b.md)
+    python launch.py sweep --config configs/pyramid.py:sweep --workdir runs/paper_b_full
+        GPU-sized (synthetic_cervix/paper_b: 1,033 images at 800x1200, lr 1e-6); not run here
+    python launch.py sweep --config configs/pyramid.py:sweep,runlocal --workdir /tmp/pyr_sweep  # tiny, ~45 s
+
+No pretrained weights can be downloaded here: without `--config.model.backbone_checkpoint=DIR` (made
+by `python -m cervix_jax.convert.cli`, which prints the matching --config.model.* flags) the backbone is
+random-initialised (the same for every seed).
 """
 from cervix_jax.models import pyramid
 from cervix_jax.train.config import base_config
@@ -15,10 +29,22 @@ from cervix_jax.train.config import base_config
 
 
 
+PAPER_BLUR = (0, 19, 49)                # paper B: Gaussian kernels 19x19 and 49x49 on 1200-px images
+MODIFIERS = ("runlocal", "small", "sweep")
+
+
+def scaled_blur(ksize: int, longer_border: int) -> int:
+    """A kernel size of paper B (for a longer border of 1200 px) scaled to `longer_border`, rounded to
+    the nearest odd size (0 stays 0): 19 -> 3 and 49 -> 7 at 192 px."""
+    if ksize == 0:
+        return 0
+    return max(3, 2 * round((ksize * longer_border / 1200 - 1) / 2) + 1)
+
+
 def get_config(arg: str = "p3p6p7"):
     parts = [p for p in (arg or "p3p6p7").split(",") if p]
-    runlocal = "runlocal" in parts
-    levels = ",".join(p for p in parts if p != "runlocal") or "p3p6p7"
+    runlocal, small, sweep = ("runlocal" in parts), ("small" in parts), ("sweep" in parts)
+    levels = ",".join(p for p in parts if p not in MODIFIERS) or "p3p6p7"
     pyramid.parse_levels(levels)            # fail early on a bad arg
 
     c = base_config("pyramid")
@@ -40,4 +66,14 @@ def get_config(arg: str = "p3p6p7"):
         c.train.epochs = 2
         c.train.lr = 1e-3
         c.model.backbone = "tiny"
+    if small:                               # the real ResNet50-FPN, small images, 2 CPU cores
+        c.data.name = "synthetic_cervix/demo"
+        c.data.image_size = 192
+        c.data.pad_to = (128, 192)
+        c.train.epochs = 30
+        c.train.lr = 1e-3                   # a random backbone's features: 1e-6 would leave the head at init
+    if sweep:                               # seven heads x three seeds x three blur levels
+        blur = tuple(scaled_blur(k, c.data.image_size) for k in PAPER_BLUR)
+        c.sweep.grid = (("model.levels", tuple(pyramid.PAPER_HEADS)), ("seed", (0, 1, 2)),
+                        ("data.blur", blur))
     return c

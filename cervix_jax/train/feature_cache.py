@@ -11,7 +11,7 @@ Channel means commute with concatenation, so the cache (15 vectors per image) se
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,22 +57,27 @@ def pooled_features(pooled: dict, levels: Sequence[str]):
     return jnp.concatenate([pooled[cache_key(l, levels[0])] for l in levels], axis=-1)
 
 
-def extract(task, frozen: dict, batches: Iterable[dict], method: str = "nearest_legacy") -> dict:
+def make_pool_fn(task, method: str = "nearest_legacy"):
+    """jit(frozen, images [b, H, W, 3]) -> {"Pl@Pt": [b, C]}: compiled once, reusable across `extract` calls."""
+    return jax.jit(lambda frozen, images: pool_pyramid(task.pyramid_maps(frozen, images), method))
+
+
+def extract(task, frozen: dict, batches: Iterable[dict], method: str = "nearest_legacy", *,
+            pool_fn=None, desc: str = "extract features") -> dict:
     """Runs the frozen backbone once over `batches` (images [..., H, W, 3], label, weight, id; a leading
-    device axis is flattened) and keeps the rows with weight > 0.
+    device axis is flattened) and keeps the rows with weight > 0. `pool_fn` (from `make_pool_fn`)
+    avoids a recompilation per call; `desc` labels the progress bar.
 
     Returns NumPy {"pooled": {"Pl@Pt": [N, C]}, "label": [N], "id": [N]}.
     """
-    @jax.jit
-    def pool(images):
-        return pool_pyramid(task.pyramid_maps(frozen, images), method)
-
+    pool = pool_fn or make_pool_fn(task, method)
+    total = len(batches) if hasattr(batches, "__len__") else None
     chunks = []
-    for batch in tqdm(batches, desc="extract features", leave=False):
+    for batch in tqdm(batches, desc=desc, total=total, unit="batch", leave=False, disable=None):
         image = np.asarray(batch["image"])
         image = image.reshape(-1, *image.shape[-3:])
         keep = np.asarray(batch["weight"]).reshape(-1) > 0
-        pooled = jax.device_get(pool(image))
+        pooled = jax.device_get(pool(frozen, image))
         chunks.append(({k: v[keep] for k, v in pooled.items()},
                        np.asarray(batch["label"]).reshape(-1)[keep], np.asarray(batch["id"]).reshape(-1)[keep]))
     return {"pooled": {k: np.concatenate([c[0][k] for c in chunks]) for k in chunks[0][0]},
@@ -80,23 +85,56 @@ def extract(task, frozen: dict, batches: Iterable[dict], method: str = "nearest_
 
 
 def train_heads(cache: dict, subsets: Sequence[Sequence[str]], seeds: Sequence[int], *, steps: int,
-                lr: float, batch_size: int | None = None, num_classes: int = 2) -> dict:
+                lr: float | None = None, batch_size: int | None = None, num_classes: int = 2,
+                optimizer: optax.GradientTransformation | None = None,
+                init_rng: Callable[[int], jax.Array] | None = None,
+                orders: dict | None = None, snapshot_every: int | None = None,
+                progress: bool = False) -> dict:
     """Trains one dense head per (subset, seed) from `cache`, all together in one jitted program.
 
-    Each head starts as `PyramidTask.init(jax.random.PRNGKey(seed))` makes it, and takes `steps` Adam(lr)
-    steps on the Task's loss (weighted-mean cross-entropy); batch_size None = the whole cache per step,
-    else batches from a fresh permutation each epoch (key fold_in(PRNGKey(seed), epoch)), last partial
-    batch dropped. Heads of different widths are padded to a P3..P7 slot layout (zero features, zero
-    kernel rows: their gradients and Adam updates are exactly zero) and vmapped.
+    Each head starts as `PyramidTask.init_params(init_rng(seed))` makes it (default init_rng(seed) =
+    PRNGKey(seed); the engine's `create_state` uses fold_in(PRNGKey(seed), 0)), and takes `steps`
+    `optimizer` steps (default Adam(lr)) on the Task's loss (weighted-mean cross-entropy).
+    Batches: `orders[seed]` int [steps, b] of cache rows when given (e.g. the engine loader's plan, so
+    that a head sees what an ordinary run of that seed sees); else batch_size None = the whole cache per
+    step, else batches from a fresh permutation each epoch (key fold_in(PRNGKey(seed), epoch)), last
+    partial batch dropped. Heads of different widths are padded to a P3..P7 slot layout (zero features,
+    zero kernel rows: their gradients and Adam updates are exactly zero) and vmapped.
 
-    Returns {(levels, seed): {"params": {"classifier": {"kernel", "bias"}}, "loss": [steps]}}.
+    `snapshot_every=k` (dividing steps) also returns the params after steps k, 2k, ..., steps (e.g. every
+    epoch end, for val-based checkpoint selection); training then runs as steps/k jitted chunks of k
+    steps (one compilation). `progress` shows a tqdm bar over steps.
+
+    Returns {(levels, seed): {"params": {"classifier": {"kernel", "bias"}}, "loss": [steps]}} plus, with
+    snapshot_every, "snapshots": {"kernel": [steps/k, K, C], "bias": [steps/k, C]}.
     """
     subsets = [pyramid.canonical_levels(s) for s in subsets]
     c = cache["pooled"][cache_key("P3", "P3")].shape[-1]
     n = len(cache["label"])
-    bs = n if batch_size is None else batch_size
-    if not 0 < bs <= n:
-        raise ValueError(f"batch_size: expected 1..{n} (examples in the cache), found {batch_size}")
+    if orders is not None:
+        missing = [s for s in seeds if s not in orders]
+        if missing:
+            raise ValueError(f"train_heads: orders has no batch order for seeds {missing}")
+        order_arrays = {s: np.asarray(orders[s], np.int32) for s in seeds}
+        shapes = {a.shape for a in order_arrays.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2 or next(iter(shapes))[0] != steps:
+            raise ValueError(f"train_heads: expected orders[seed] of shape [steps={steps}, batch], "
+                             f"found shapes {sorted(shapes)}")
+        if any(a.min() < 0 or a.max() >= n for a in order_arrays.values()):
+            raise ValueError(f"train_heads: orders index rows outside the cache (0..{n - 1})")
+        bs = next(iter(shapes))[1]
+    else:
+        bs = n if batch_size is None else batch_size
+        if not 0 < bs <= n:
+            raise ValueError(f"batch_size: expected 1..{n} (examples in the cache), found {batch_size}")
+    every = steps if snapshot_every is None else int(snapshot_every)
+    if every <= 0 or steps % every:
+        raise ValueError(f"train_heads: snapshot_every={snapshot_every} must divide steps={steps}")
+    if optimizer is None:
+        if lr is None:
+            raise ValueError("train_heads: give lr (Adam) or optimizer")
+        optimizer = optax.adam(lr)
+    init_rng = init_rng or jax.random.PRNGKey
     # Design matrices in the slot layout: [S, N, 5C].
     x_all = np.zeros((len(subsets), n, len(LEVELS) * c), np.float32)
     for s, levels in enumerate(subsets):
@@ -105,43 +143,69 @@ def train_heads(cache: dict, subsets: Sequence[Sequence[str]], seeds: Sequence[i
             x_all[s, :, i * c:(i + 1) * c] = cache["pooled"][cache_key(l, levels[0])]
     labels = jnp.asarray(cache["label"], jnp.int32)
 
-    heads, kernels, biases, subset_idx, seed_keys = [], [], [], [], []
+    heads, kernels, biases, subset_idx, seed_keys, head_orders = [], [], [], [], [], []
     for s, levels in enumerate(subsets):
         rows = np.concatenate([np.arange(LEVELS.index(l) * c, (LEVELS.index(l) + 1) * c) for l in levels])
         for seed in seeds:
-            _, rng_head = jax.random.split(jax.random.PRNGKey(seed))   # as PyramidTask.init_params
+            _, rng_head = jax.random.split(init_rng(seed))   # as PyramidTask.init_params
             p = pyramid.init_head(rng_head, c * len(levels), num_classes)["classifier"]
             kernels.append(jnp.zeros((len(LEVELS) * c, num_classes)).at[rows].set(p["kernel"]))
             biases.append(p["bias"])
             heads.append((levels, seed, rows))
             subset_idx.append(s)
             seed_keys.append(jax.random.PRNGKey(seed))
-    tx = optax.adam(lr)
+            if orders is not None:
+                head_orders.append(order_arrays[seed])
+    tx = optimizer
     x_all = jnp.asarray(x_all)
     steps_per_epoch = n // bs
+    # [G, steps, b] explicit orders, or a dummy [G, 1, 1] (unused).
+    order_all = jnp.asarray(np.stack(head_orders) if orders is not None
+                            else np.zeros((len(heads), 1, 1), np.int32))
 
-    def train_one(params, s, key):
+    def chunk_one(params, opt, s, key, order, t0):
         def loss_fn(p, idx):
             logits = x_all[s][idx] @ p["kernel"] + p["bias"]
             return pyramid.cross_entropy(logits, labels[idx], jnp.ones(idx.shape, jnp.float32))
 
         def step(carry, t):
-            p, opt = carry
-            perm = jax.random.permutation(jax.random.fold_in(key, t // steps_per_epoch), n)
-            idx = jnp.arange(n) if batch_size is None else \
-                jax.lax.dynamic_slice(perm, ((t % steps_per_epoch) * bs,), (bs,))
+            p, o = carry
+            if orders is not None:
+                idx = order[t]
+            elif batch_size is None:
+                idx = jnp.arange(n)
+            else:
+                perm = jax.random.permutation(jax.random.fold_in(key, t // steps_per_epoch), n)
+                idx = jax.lax.dynamic_slice(perm, ((t % steps_per_epoch) * bs,), (bs,))
             loss, grads = jax.value_and_grad(loss_fn)(p, idx)
-            updates, opt = tx.update(grads, opt, p)
-            return (optax.apply_updates(p, updates), opt), loss
+            updates, o = tx.update(grads, o, p)
+            return (optax.apply_updates(p, updates), o), loss
 
-        (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(steps))
-        return params, losses
+        (params, opt), losses = jax.lax.scan(step, (params, opt), t0 + jnp.arange(every))
+        return params, opt, losses
 
+    run_chunk = jax.jit(jax.vmap(chunk_one, in_axes=(0, 0, 0, 0, 0, None)))
     params = {"kernel": jnp.stack(kernels), "bias": jnp.stack(biases)}
-    params, losses = jax.jit(jax.vmap(train_one))(params, jnp.asarray(subset_idx), jnp.stack(seed_keys))
+    opt = jax.vmap(tx.init)(params)
+    subset_idx, seed_keys = jnp.asarray(subset_idx), jnp.stack(seed_keys)
+    losses, snaps = [], []
+    bar = tqdm(total=steps, desc=f"train {len(heads)} heads", unit="step", leave=False,
+               disable=None if progress else True)   # None: a bar on a terminal only
+    for t0 in range(0, steps, every):
+        params, opt, chunk_losses = run_chunk(params, opt, subset_idx, seed_keys, order_all, t0)
+        losses.append(chunk_losses)
+        if snapshot_every is not None:
+            snaps.append(jax.device_get(params))
+        bar.update(every)
+    bar.close()
+    losses = jnp.concatenate(losses, axis=1)
     out = {}
     for g, (levels, seed, rows) in enumerate(heads):
         out[(levels, seed)] = {"params": {"classifier": {"kernel": params["kernel"][g][rows],
                                                          "bias": params["bias"][g]}},
                                "loss": losses[g]}
+        if snapshot_every is not None:
+            out[(levels, seed)]["snapshots"] = {
+                "kernel": np.stack([sn["kernel"][g][rows] for sn in snaps]),
+                "bias": np.stack([sn["bias"][g] for sn in snaps])}
     return out

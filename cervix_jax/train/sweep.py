@@ -4,7 +4,10 @@ over seeds of the test metrics at the validation-chosen threshold.
 
 Resumable: a point with `eval/metrics.json` is done and skipped; a half-trained point resumes
 from its checkpoint. A task with `sweep_fast(config, points, workdir)` (frozen-backbone heads
-trained together) runs all points itself and must leave the same per-point files.
+trained together; `config.sweep.fast=False` turns it off) runs the points it can itself, leaving
+the same per-point files (config.json, eval/metrics.json, eval/scores_{val,test}.csv), and returns
+those it leaves to the ordinary loop. A task with `sweep_report(config, workdir)` then writes its
+own table (paper B: `paper_table.md`/`.csv`) next to the summary.
 """
 from __future__ import annotations
 
@@ -62,20 +65,23 @@ def sweep(config, workdir) -> dict:
     points = grid_points(config)
     todo = [p for p in points if not (workdir / "points" / point_name(p) / "eval" / "metrics.json").exists()]
     task = make_task(config)
-    if todo and hasattr(task, "sweep_fast"):
-        task.sweep_fast(config, todo, workdir)
-    else:
-        for i, p in enumerate(todo):
-            pdir = workdir / "points" / point_name(p)
-            print(f"sweep point {i + 1}/{len(todo)} (of {len(points)}): {point_name(p)}", flush=True)
-            pc = point_config(config, p)
-            pdir.mkdir(parents=True, exist_ok=True)
-            (pdir / "config.json").write_text(pc.to_json_best_effort(indent=2, sort_keys=True))
-            if train(pc, pdir)["status"] == "interrupted":
-                return {"points": len(points), "done": i, "summary": None, "status": "interrupted"}
-            evaluate(pc, pdir)
-    return {"points": len(points), "done": len(points), "summary": summarize(config, workdir),
-            "status": "finished"}
+    if todo and config.sweep.get("fast", True) and hasattr(task, "sweep_fast"):
+        # Runs what it can together and returns the points it leaves to the ordinary loop (None: all done).
+        todo = list(task.sweep_fast(config, todo, workdir) or [])
+    for i, p in enumerate(todo):
+        pdir = workdir / "points" / point_name(p)
+        print(f"sweep point {i + 1}/{len(todo)} (of {len(points)}): {point_name(p)}", flush=True)
+        pc = point_config(config, p)
+        pdir.mkdir(parents=True, exist_ok=True)
+        (pdir / "config.json").write_text(pc.to_json_best_effort(indent=2, sort_keys=True))
+        if train(pc, pdir)["status"] == "interrupted":
+            return {"points": len(points), "done": i, "summary": None, "status": "interrupted"}
+        evaluate(pc, pdir)
+    out = {"points": len(points), "done": len(points), "summary": summarize(config, workdir),
+           "status": "finished"}
+    if hasattr(task, "sweep_report"):   # a task's own table (paper B: the paper's format, intervals)
+        out["report"] = task.sweep_report(config, workdir)
+    return out
 
 
 def summarize(config, workdir) -> dict:
