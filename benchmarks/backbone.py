@@ -31,10 +31,11 @@ def main():
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args()
     import keras
-    from cervix_jax.models import fpn
+    from cervix_jax.models import fpn, resnet
     print(f"device: {jax.devices()[0].device_kind}, batch {args.batch}, reps {args.reps}")
-    print(f"| size | dtype | ours img/s (ResNet50-FPN) | keras img/s (ResNet50) | ratio |")
-    print(f"|---|---|---|---|---|")
+    print("| size | dtype | ours ResNet50-FPN img/s | ours ResNet50 img/s | keras ResNet50 img/s "
+          "| ratio ResNet50 (ours/keras) | ratio ResNet50-FPN/keras ResNet50 |")
+    print("|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         w, h = map(int, size.split("x"))
         x = np.random.default_rng(0).uniform(0, 1, (args.batch, h, w, 3)).astype(np.float32)
@@ -43,12 +44,15 @@ def main():
             variables = jax.jit(module.init)(jax.random.PRNGKey(0), x[:1])
             ours = jax.jit(lambda im: module.apply(variables, im)["P3"])
             ours_ips = throughput(ours, jnp.asarray(x), args.reps)
+            rmodule = resnet.ResNet50(dtype=jnp.dtype(dtype))
+            rvariables = jax.jit(rmodule.init)(jax.random.PRNGKey(0), x[:1])
+            res_ips = throughput(jax.jit(lambda im: rmodule.apply(rvariables, im)["C5"]), jnp.asarray(x), args.reps)
             keras.config.set_dtype_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
             kmodel = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(h, w, 3))
             kfn = jax.jit(lambda im: kmodel(im, training=False))
             keras_ips = throughput(kfn, jnp.asarray(x), args.reps)
-            print(f"| {w}x{h} | {dtype} | {ours_ips:.2f} | {keras_ips:.2f} | {ours_ips / keras_ips:.2f} |",
-                  flush=True)
+            print(f"| {w}x{h} | {dtype} | {ours_ips:.2f} | {res_ips:.2f} | {keras_ips:.2f} | "
+                  f"{res_ips / keras_ips:.2f} | {ours_ips / keras_ips:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
