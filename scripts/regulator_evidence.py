@@ -1,169 +1,338 @@
 """Does the spatial regulator move paper A's patch weights onto the cervix? (EXPERIMENTS.md, A Fig. 5c)
 
-Trains the patch model three ways on the same synthetic data, seeds and batches (paired):
-lambda = 0 ("none"), a fixed centred regulator ("fixed") and the iteratively refit one ("iterative").
-The synthetic cervix sits at a random, usually off-centre position, with speculum-bar distractors.
-Reports on held-out images the pointing game and IoU of the patch-weight map against the cervix
-mask, and over training the regulator's centre error vs the true cervix centre (patch units) on the
-training images. Writes the regulator's evolution for 4 training images as a PNG.
+Reads the workdirs of the engine's sweep (no training loop of its own):
 
-    .venv/bin/python scripts/regulator_evidence.py --out runs/regulator_evidence   # ~10 min, 2 CPUs
-    .venv/bin/python scripts/regulator_evidence.py --lam 1.0 --seeds 0 1           # a stronger prior
+    python launch.py sweep --config configs/patch.py:evidence --workdir runs/paper_a_evidence
+    python scripts/regulator_evidence.py runs/paper_a_evidence            # explains, then the table
 
-The loop mirrors the engine's train step (gather the batch's regulator rows by id, loss, scatter the
-returned rows back) on in-memory data, so that it can snapshot every regulator each epoch.
+For every point (model.regulator x seed) it
+  * runs the engine's explainer on the test split if `explain/test/index.json` is missing (the same
+    code as `launch.py explain --config configs/patch.py:evidence --workdir <point>
+    --config.model.regulator=<mode> --config.seed=<seed>`; method "weights" = the patch-weight map),
+    and reads the per-image `pointing_game_cervix`, `iou_cervix` (max-normalised map, cut at
+    config.explain.threshold) and `roi_area` (share of the image above that cut: how broad the map
+    is) of method "weights" (best checkpoint by config.train.best_metric);
+  * adds the weight mass on the cervix, sum(a * cervix share of the patch) / sum(a), on the same
+    test images and checkpoint (threshold-free);
+  * reads test AUC and balanced accuracy (at the validation-chosen threshold) from eval/metrics.json;
+  * restores the LAST checkpoint (end of training) and measures, over ALL training images, the
+    regulator centre error |mu - c| (patch units; c = centroid of the visible cervix mask) and the
+    weight-map centre error |fit_gaussian(a).mu - c|; the regulator starts at the grid centre
+    (the "init" column; "none" and "fixed" keep it);
+  * reads regulator_history.npz (4 tracked training images, every epoch) for the per-epoch curve.
+
+Then per mode mean ± sd over seeds, and paired differences (iterative - none, iterative - fixed,
+fixed - none): per-image metrics are averaged over the seeds per image and bootstrapped by group
+(woman) with `cervix_jax.metrics.paired_bootstrap_diff` (same images, same resamples for both
+modes); classification metrics are paired per seed (mean and the per-seed values; 3 seeds give
+no useful interval). Writes WORKDIR/regulator_evidence.{json,md} and prints the markdown.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # configs/ lives at the repo root
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from tqdm import tqdm
-
-from cervix_jax import regulator
-from cervix_jax.data.synthetic import SyntheticConfig, generate_example
-from cervix_jax.explain.evaluate import iou, pointing_game
-from cervix_jax.metrics import binary_metrics
-from cervix_jax.train import task_patch
-from cervix_jax.viz.regulator import plot_regulator_evolution
-from configs.patch import get_config
 
 MODES = ("none", "fixed", "iterative")
+PAIRS = (("iterative", "none"), ("iterative", "fixed"), ("fixed", "none"))
+MAP_METRICS = ("pointing_game_cervix", "iou_cervix", "roi_area", "mass_cervix")   # per test image
+TRAIN_METRICS = ("reg_err", "weight_err")                             # per training image
 
 
-def load(num_images, height, width, seed):
-    cfg = SyntheticConfig(height=height, width=width, num_images=num_images, num_positive=num_images // 2,
-                          images_per_woman=2, label="dysplasia", seed=seed, distractors=True)
-    ex = [generate_example(cfg, i) for i in tqdm(range(num_images), desc="synthetic", leave=False)]
-    stack = lambda k: np.stack([e[k] for e in ex])
-    return {"image": stack("image").astype(np.float32) / 255.0, "label": stack("label").astype(np.int32),
-            "id": stack("id").astype(np.int32), "group": stack("group"), "cervix_mask": stack("cervix_mask"),
-            "cervix_center": stack("cervix_center")}
+def load_config(spec: str):
+    import importlib.util
+    file, _, arg = spec.partition(":")
+    mod_spec = importlib.util.spec_from_file_location("_evidence_config", file)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
 
 
-def map_metrics(a, masks, patch):
-    """a [n, gh, gw] -> pointing game, IoU at 0.5 of the min-max map, IoU at 0.2 of the max map."""
-    up = np.repeat(np.repeat(np.asarray(a), patch, 1), patch, 2)
-    pg, iou_mm, iou_max = [], [], []
-    for h, m in zip(up, masks):
-        pg.append(float(pointing_game(jnp.asarray(h), jnp.asarray(m))))
-        mm = (h - h.min()) / (h.max() - h.min() + 1e-12)
-        iou_mm.append(float(iou(jnp.asarray(mm), jnp.asarray(m), 0.5)))
-        iou_max.append(float(iou(jnp.asarray(h / h.max()), jnp.asarray(m), 0.2)))
-    return float(np.mean(pg)), float(np.nanmean(iou_mm)), float(np.nanmean(iou_max))
+def mask_centres(masks: np.ndarray, patch: int) -> np.ndarray:
+    """[n, H, W] masks -> [n, 2] centroid (x, y) in patch-grid units (patch j's centre at j)."""
+    out = np.full((len(masks), 2), np.nan)
+    for k, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            out[k] = ((xs.mean() + 0.5) / patch - 0.5, (ys.mean() + 0.5) / patch - 0.5)
+    return out
 
 
-def run(mode, data, train_idx, test_idx, args, seed):
-    c = get_config(f"runlocal,{mode}")
-    c.data.pad_to = tuple(data["image"].shape[1:3])
-    c.model.patch_size = args.patch
-    c.model.reg_lambda = args.lam
-    task = task_patch.make(c)
-    p = args.patch
-    centres = data["cervix_center"] / p - 0.5                     # pixels -> patch-grid units
-    variables = task.init(jax.random.PRNGKey(seed), data["image"].shape[1:])
-    params = variables["params"]
-    opt = optax.adam(args.lr)
-    opt_state = opt.init(params)
-    n = len(data["id"])
-    state = task.init_example_state(n)
+def patch_share(masks: np.ndarray, patch: int) -> np.ndarray:
+    """[n, H, W] masks -> [n, gh, gw] share of each patch covered by the mask."""
+    n, h, w = masks.shape
+    return (masks > 0).reshape(n, h // patch, patch, w // patch, patch).mean((2, 4))
 
-    @jax.jit
-    def step(params, opt_state, state, batch):
-        rows = None if state is None else jax.tree.map(lambda x: x[batch["id"]], state)
-        (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(params, {}, batch, rows, None)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        if state is not None:
-            state = jax.tree.map(lambda x, r: x.at[batch["id"]].set(r), state, aux["example_state"])
-        return optax.apply_updates(params, updates), opt_state, state, loss
 
-    forward = jax.jit(task.forward)
+def restore(config, workdir: Path, data, which: str):
+    """(task, TrainState) of the best ("best") or last ("last") checkpoint of a run."""
+    from cervix_jax.train import checkpoint as ckpt_lib
+    from cervix_jax.train.state import create_state, make_optimizer
+    from cervix_jax.train.task import make_task
 
-    def weights_of(idx):
-        return np.concatenate([np.asarray(forward(params, data["image"][idx[i:i + 32]])[1])
-                               for i in range(0, len(idx), 32)])
+    task = make_task(config)
+    state, _ = create_state(task, make_optimizer(config.train), seed=config.seed,
+                            image_shape=data.image_shape, num_examples=data.num_examples)
+    ckpts = ckpt_lib.Checkpoints(workdir / "checkpoints", keep=config.train.keep,
+                                 best_metric=config.train.best_metric)
+    try:
+        restored = ckpts.restore(state)
+        if restored is None:
+            raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint")
+        state, meta = restored
+        best = meta.get("best_step")
+        if which == "best" and best is not None and best != int(state.step) and best in ckpts.steps():
+            state, _ = ckpts.restore(state, step=best)
+    finally:
+        ckpts.close()
+    return task, state
 
-    rng = np.random.default_rng(seed)
-    shown = train_idx[:4]
-    history, curve = [], []
-    init_mu, init_cov = regulator.init_regulator(task.grid)
-    for epoch in tqdm(range(args.epochs + 1), desc=f"{mode} seed {seed}", leave=False):
-        if epoch > 0:
-            order = rng.permutation(train_idx)
-            for i in range(0, len(order) - args.batch + 1, args.batch):
-                b = order[i:i + args.batch]
-                batch = {"image": data["image"][b], "label": data["label"][b], "id": data["id"][b],
-                         "weight": np.ones(len(b), np.float32)}
-                params, opt_state, state, _ = step(params, opt_state, state, batch)
-        mu = np.broadcast_to(init_mu, (n, 2)) if state is None else np.asarray(state["mu"])
-        cov = np.broadcast_to(init_cov, (n, 2, 2)) if state is None else np.asarray(state["cov"])
-        fit_mu = np.stack([np.asarray(regulator.fit_gaussian(w)[0]) for w in weights_of(train_idx)])
-        curve.append({"epoch": epoch,
-                      "regulator_centre_error": float(np.linalg.norm(mu[train_idx] - centres[train_idx], axis=1).mean()),
-                      "weight_centre_error": float(np.linalg.norm(fit_mu - centres[train_idx], axis=1).mean())})
-        if epoch in np.unique(np.linspace(0, args.epochs, 5).round().astype(int)):
-            history.append((epoch, mu[shown].copy(), cov[shown].copy()))
-    a = weights_of(test_idx)
-    pg, iou_mm, iou_max = map_metrics(a, data["cervix_mask"][test_idx], p)
-    scores = np.concatenate([np.asarray(task.predict(params, {}, {"image": data["image"][test_idx[i:i + 32]]}))
-                             for i in range(0, len(test_idx), 32)])
-    cls = binary_metrics(scores, data["label"][test_idx])
-    if mode == "iterative" and args.out:
-        plot_regulator_evolution((data["image"][shown] * 255).astype(np.uint8), history, p,
-                                 Path(args.out) / f"regulator_evolution_seed{seed}.png",
-                                 true_centers=data["cervix_center"][shown], masks=data["cervix_mask"][shown])
-    return {"mode": mode, "seed": seed, "pointing_game": pg, "iou_minmax@0.5": iou_mm, "iou_max@0.2": iou_max,
-            "auc": float(cls["auc"]), "balanced_accuracy": float(cls["balanced_accuracy"]),
-            "regulator_centre_error": [r["regulator_centre_error"] for r in curve],
-            "weight_centre_error": [r["weight_centre_error"] for r in curve]}
+
+def patch_weights(task, params, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    import jax
+    fwd = jax.jit(task.forward)
+    return np.concatenate([np.asarray(fwd(params, images[i:i + batch])[1])
+                           for i in range(0, len(images), batch)])
+
+
+def measure_point(config, pdir: Path, data, train_ex, test_ex, explain: bool) -> dict:
+    from cervix_jax import regulator
+    from cervix_jax.train.evaluate import explain as engine_explain
+
+    p = int(config.model.patch_size)
+    index_path = pdir / "explain" / config.explain.split / "index.json"
+    if not index_path.exists():
+        if not explain:
+            raise FileNotFoundError(f"{index_path}: run with --explain (or `launch.py explain`) first")
+        t0 = time.time()
+        engine_explain(config, pdir)
+        print(f"  explained {pdir.name} in {time.time() - t0:.0f} s", flush=True)
+    index = json.loads(index_path.read_text())
+    per_image = {int(it["id"]): it["metrics"]["weights"] for it in index["items"]}
+
+    out = {"test_ids": [int(e["id"]) for e in test_ex]}
+    for k in ("pointing_game_cervix", "iou_cervix", "roi_area"):
+        out[k] = [np.nan if per_image[i][k] is None else float(per_image[i][k]) for i in out["test_ids"]]
+
+    # Weight mass on the cervix, same (best) checkpoint as the explainer.
+    task, best = restore(config, pdir, data, "best")
+    a = patch_weights(task, best.params, np.stack([e["image"] for e in test_ex]))
+    share = patch_share(np.stack([e["cervix_mask"] for e in test_ex]), p)
+    out["mass_cervix"] = ((a * share).sum((1, 2)) / np.maximum(a.sum((1, 2)), 1e-12)).tolist()
+    out["best_step"] = int(best.step)
+
+    # Regulator and weight-map centres on ALL training images, at the end of training.
+    task, last = restore(config, pdir, data, "last")
+    ids = np.array([e["id"] for e in train_ex])
+    centres = mask_centres(np.stack([e["cervix_mask"] for e in train_ex]), p)
+    mu0, _ = regulator.init_regulator(task.grid)
+    mu = (np.broadcast_to(np.asarray(mu0), (len(ids), 2)) if last.example_state is None
+          else np.asarray(last.example_state["mu"])[ids])
+    a = patch_weights(task, last.params, np.stack([e["image"] for e in train_ex]))
+    fit_mu = np.stack([np.asarray(regulator.fit_gaussian(w)[0]) for w in a])
+    out["init_err"] = np.linalg.norm(np.asarray(mu0)[None] - centres, axis=1).tolist()
+    out["reg_err"] = np.linalg.norm(mu - centres, axis=1).tolist()
+    out["weight_err"] = np.linalg.norm(fit_mu - centres, axis=1).tolist()
+    out["last_step"] = int(last.step)
+    out["reg_moved"] = np.linalg.norm(mu - np.asarray(mu0)[None], axis=1).tolist()
+
+    # Classification (test, val-chosen threshold; AUC does not depend on the threshold).
+    m = json.loads((pdir / "eval" / "metrics.json").read_text())["test"]["at_val_threshold"]
+    out["auc"], out["balanced_accuracy"] = float(m["auc"]), float(m["balanced_accuracy"])
+
+    # Refit acceptance in the last epoch, and the per-epoch curve of the 4 tracked images.
+    rows = [json.loads(r) for r in (pdir / "metrics.jsonl").read_text().splitlines() if r.strip()]
+    last_epoch = max(r.get("epoch", 0) for r in rows)
+    valid = [r["refit_valid"] for r in rows if r.get("split") == "train" and "refit_valid" in r
+             and r.get("epoch") == last_epoch]
+    out["refit_valid_last_epoch"] = (float(np.mean(valid)) if valid and config.model.regulator == "iterative"
+                                     else None)
+    val_auc = [r["val_auc"] for r in rows if r.get("split") == "val"]
+    hit = [e for e, v in enumerate(val_auc) if v >= 0.9]
+    out["epochs_to_val_auc_0.9"] = hit[0] + 1 if hit else np.nan
+    hist = pdir / "regulator_history.npz"
+    if hist.exists():
+        h = dict(np.load(hist))
+        tracked = data.examples("train", 4)
+        c4 = mask_centres(np.stack([e["cervix_mask"] for e in tracked]), p)
+        epochs = sorted(int(k[3:]) for k in h if k.startswith("mu_"))
+        out["tracked_curve"] = {e: float(np.linalg.norm(h[f"mu_{e}"] - c4, axis=1).mean()) for e in epochs}
+    return out
+
+
+def mean_sd(values) -> str:
+    """mean ± sd (ddof 1) of the finite values; nan values (e.g. never reached) are counted."""
+    v = np.asarray(values, np.float64)
+    n_nan = int(np.isnan(v).sum())
+    v = v[np.isfinite(v)]
+    text = "-" if not len(v) else (f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}")
+    return text + (f" ({n_nan} never)" if n_nan else "")
+
+
+def parse_arm(text: str):
+    """LABEL=WORKDIR[:key=value,...] -> (label, workdir, {dotted key: value})."""
+    import ast
+    label, sep, rest = text.partition("=")
+    if not sep or not label or not rest:
+        raise SystemExit(f"--arm: expected LABEL=WORKDIR[:key=value,...], found {text!r}")
+    wd, _, spec = rest.partition(":")
+    overrides = {}
+    for kv in filter(None, spec.split(",")):
+        k, _, v = kv.partition("=")
+        try:
+            overrides[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            overrides[k] = v
+    return label, Path(wd), overrides
+
+
+def find_point(workdir: Path, seed: int) -> Path | None:
+    """The one point directory of an extra arm's sweep with this seed."""
+    hits = [d for d in (workdir / "points").glob("*") if d.name.split("__")[-1] == f"seed={seed}"]
+    if len(hits) > 1:
+        raise SystemExit(f"{workdir}/points: several points with seed={seed}: {[h.name for h in hits]}")
+    return hits[0] if hits else None
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--num-images", type=int, default=160)
-    ap.add_argument("--height", type=int, default=64)
-    ap.add_argument("--width", type=int, default=96)
-    ap.add_argument("--patch", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lam", type=float, default=0.1)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default="runs/regulator_evidence")
+    ap.add_argument("workdir", nargs="?", default="runs/paper_a_evidence")
+    ap.add_argument("--config", default="configs/patch.py:evidence")
+    ap.add_argument("--arm", action="append", default=[], metavar="LABEL=WORKDIR[:key=value,...]",
+                    help="an extra arm: the seeds of another sweep (e.g. one knob changed), paired "
+                         "with none and iterative; e.g. iterative_minmax=runs/paper_a_evidence_minmax:"
+                         "model.regulator=iterative,model.refit_weighting=minmax")
+    ap.add_argument("--no-explain", dest="explain", action="store_false",
+                    help="fail instead of running the explainer on points without explain/")
+    ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args()
-    data = load(args.num_images, args.height, args.width, seed=0)
-    groups = np.unique(data["group"])
-    test_groups = np.random.default_rng(0).permutation(groups)[: len(groups) // 4]
-    is_test = np.isin(data["group"], test_groups)
-    train_idx, test_idx = np.flatnonzero(~is_test), np.flatnonzero(is_test)
-    rows = [run(m, data, train_idx, test_idx, args, s) for s in args.seeds for m in MODES]
 
-    keys = ("pointing_game", "iou_minmax@0.5", "iou_max@0.2", "auc", "balanced_accuracy")
-    print(f"\n{len(train_idx)} train / {len(test_idx)} test images {args.height}x{args.width}, "
-          f"{args.patch}-px patches, lambda {args.lam}, {args.epochs} epochs, seeds {args.seeds}")
-    print("| mode | " + " | ".join(keys) + " | reg. centre err. first -> last | weight centre err. first -> last |")
-    print("|---" * (len(keys) + 3) + "|")
-    for m in MODES:
-        r = [x for x in rows if x["mode"] == m]
-        cells = [f"{np.mean([x[k] for x in r]):.3f} ± {np.std([x[k] for x in r]):.3f}" for k in keys]
-        rc = np.mean([x["regulator_centre_error"] for x in r], 0)
-        wc = np.mean([x["weight_centre_error"] for x in r], 0)
-        print(f"| {m} | " + " | ".join(cells) + f" | {rc[0]:.2f} -> {rc[-1]:.2f} | {wc[0]:.2f} -> {wc[-1]:.2f} |")
-    for k in ("pointing_game", "iou_minmax@0.5"):
-        d = [x[k] - y[k] for x in rows if x["mode"] == "iterative" for y in rows
-             if y["mode"] == "none" and y["seed"] == x["seed"]]
-        print(f"paired iterative - none, {k}: {np.mean(d):+.3f} (per seed {np.round(d, 3).tolist()})")
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
+    from cervix_jax.data import builders
+    from cervix_jax.metrics import paired_bootstrap_diff
+    from cervix_jax.train.loop import local_data
+    from cervix_jax.train.sweep import grid_points, point_config, point_name
+
+    config = load_config(args.config)
+    workdir = Path(args.workdir)
+    points = grid_points(config)
+    data = local_data(point_config(config, points[0]))   # split and data do not depend on the point
+    train_ex = data.examples("train", 10 ** 9)
+    test_ex = data.examples(config.explain.split, config.explain.max_images)
+    source, _ = builders.load_source(config.data)
+    group_of = lambda ids: np.array([int(source[int(i)]["group"]) for i in ids])
+
+    # (label, seed, point config, point dir) for the sweep's points and every extra arm.
+    todo = [(pt["model.regulator"], int(pt["seed"]), point_config(config, pt), workdir / "points" / point_name(pt))
+            for pt in points]
+    seeds = sorted({s for _, s, _, _ in todo})
+    arms = [parse_arm(a) for a in args.arm]
+    for label, wd, overrides in arms:
+        for seed in seeds:
+            pdir = find_point(wd, seed)
+            if pdir is not None:
+                todo.append((label, seed, point_config(config, {**overrides, "seed": seed}), pdir))
+    modes = list(MODES) + [label for label, _, _ in arms]
+    pairs = list(PAIRS) + [(label, ref) for label, _, _ in arms for ref in ("iterative", "none")]
+
+    results = []
+    for label, seed, pc, pdir in todo:
+        if not (pdir / "eval" / "metrics.json").exists():
+            print(f"  skipped {pdir}: not finished (no eval/metrics.json)")
+            continue
+        r = measure_point(pc, pdir, data, train_ex, test_ex, args.explain)
+        r.update(mode=label, seed=seed, workdir=str(pdir))
+        results.append(r)
+    if not results:
+        raise SystemExit(f"{workdir}: no finished points")
+
+    test_ids = results[0]["test_ids"]
+    test_labels = np.array([int(e["label"]) for e in test_ex])
+    test_groups = group_of(test_ids)
+    train_ids = [int(e["id"]) for e in train_ex]
+    train_labels = np.array([int(e["label"]) for e in train_ex])
+    train_groups = group_of(train_ids)
+    by_mode = {m: sorted((r for r in results if r["mode"] == m), key=lambda r: r["seed"]) for m in modes}
+
+    # Per-mode table: mean ± sd over seeds of per-run means.
+    cols = [("auc", "test AUC"), ("balanced_accuracy", "test bal. acc."),
+            ("pointing_game_cervix", "pointing game (cervix)"), ("iou_cervix", "IoU (cervix)"),
+            ("roi_area", "map area ≥ cut"),
+            ("mass_cervix", "weight mass on cervix"), ("reg_err", "regulator centre err."),
+            ("weight_err", "weight-map centre err."), ("epochs_to_val_auc_0.9", "epochs to val AUC ≥ 0.9")]
+    run_mean = lambda r, k: float(np.nanmean(r[k])) if isinstance(r[k], list) else r[k]
+    init_err = float(np.mean(results[0]["init_err"]))
+    md = [f"Regulator centre error at init (grid centre), all {len(train_ids)} training images: "
+          f"{init_err:.3f} patches.", "",
+          "| mode | n | " + " | ".join(c for _, c in cols) + " | refit accepted (last epoch) |",
+          "|---" * (len(cols) + 3) + "|"]
+    table = {}
+    for m in modes:
+        rs = by_mode[m]
+        if not rs:
+            continue
+        table[m] = {k: [run_mean(r, k) for r in rs] for k, _ in cols}
+        refit = [r["refit_valid_last_epoch"] for r in rs if r["refit_valid_last_epoch"] is not None]
+        md.append(f"| {m} | {len(rs)} | " + " | ".join(mean_sd(table[m][k]) for k, _ in cols)
+                  + f" | {mean_sd(refit) if refit else '-'} |")
+
+    # Paired differences.
+    md += ["", "| difference | metric | per seed | mean of per-seed | per-image bootstrap by group (seeds averaged per image), 95% |",
+           "|---|---|---|---|---|"]
+    paired = {}
+    for a, b in pairs:
+        ra, rb = by_mode.get(a, []), by_mode.get(b, [])
+        seeds = sorted({r["seed"] for r in ra} & {r["seed"] for r in rb})
+        if not seeds:
+            continue
+        sa = {r["seed"]: r for r in ra}
+        sb = {r["seed"]: r for r in rb}
+        for k, name in cols:
+            per_seed = [run_mean(sa[s], k) - run_mean(sb[s], k) for s in seeds]
+            if k == "reg_err" and not np.any(per_seed):
+                continue                      # neither arm moves its regulator
+            cell = "-"
+            if k in MAP_METRICS + TRAIN_METRICS:
+                labels, groups = ((test_labels, test_groups) if k in MAP_METRICS
+                                  else (train_labels, train_groups))
+                xa = np.nanmean([sa[s][k] for s in seeds], axis=0)
+                xb = np.nanmean([sb[s][k] for s in seeds], axis=0)
+                ok = np.isfinite(xa) & np.isfinite(xb)
+                ci = paired_bootstrap_diff(lambda v, l: float(np.mean(v)), xa[ok], xb[ok], labels[ok],
+                                           groups[ok], n_boot=args.n_boot, seed=0)
+                cell = f"{ci['estimate']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+                paired[f"{a}-{b}:{k}"] = {"per_seed": per_seed, "bootstrap": ci}
+            else:
+                paired[f"{a}-{b}:{k}"] = {"per_seed": per_seed}
+            md.append(f"| {a} − {b} | {name} | {', '.join(f'{d:+.3f}' for d in per_seed)} | "
+                      f"{np.mean(per_seed):+.3f} | {cell} |")
+
+    # The tracked images' regulator over epochs (refit arms).
+    refit_runs = [r for m in modes if m not in ("none", "fixed") for r in by_mode[m] if "tracked_curve" in r]
+    if refit_runs:
+        last = min(max(r["tracked_curve"]) for r in refit_runs)
+        every = max(1, last // 10)
+        epochs = [e for e in range(last + 1) if (e % every == 0 or e == last)
+                  and all(e in r["tracked_curve"] for r in refit_runs)]
+        md += ["", "Regulator centre error (patches) of the 4 tracked training images (regulator_history.npz), "
+               "mean over the images:", "", "| arm | seed | " + " | ".join(f"ep {e}" for e in epochs) + " |",
+               "|---" * (len(epochs) + 2) + "|"]
+        for r in refit_runs:
+            md.append(f"| {r['mode']} | {r['seed']} | "
+                      + " | ".join(f"{r['tracked_curve'][e]:.2f}" for e in epochs) + " |")
+    md += ["", "Checkpoints: maps at the best step by " + config.train.best_metric + " ("
+           + ", ".join(f"{r['mode']}/{r['seed']}: {r['best_step']}" for r in results)
+           + "); centres at the last step (" + str(results[0]["last_step"]) + ")."]
+    text = "\n".join(md) + "\n"
+    print(text)
+    (workdir / "regulator_evidence.md").write_text(text)
+    (workdir / "regulator_evidence.json").write_text(json.dumps(
+        {"table": table, "paired": paired, "init_err": init_err, "runs": results}, indent=1, default=float))
 
 
 if __name__ == "__main__":

@@ -110,6 +110,14 @@ class SyntheticCervix(_ArrayRecordBuilder):
                                         "an assumption: the paper gives no ratio); label = dysplasia.",
             synthetic=synthetic.SyntheticConfig(height=1176, width=1176, num_images=978, num_positive=391,
                                                 images_per_woman=3, label="dysplasia", seed=2)),
+        SyntheticCervixConfig(
+            name="evidence", description="Paper A's regulator evidence (docs/results/paper_a.md): 480 images "
+                                         "of 96x144 (HxW), 240 with a lesion (semi-axis 0.5-0.9 of the "
+                                         "TZ's); label = dysplasia; cervix anywhere off-centre, speculum "
+                                         "bars on.",
+            synthetic=synthetic.SyntheticConfig(height=96, width=144, num_images=480, num_positive=240,
+                                                images_per_woman=3, label="dysplasia", seed=5,
+                                                lesion_size=(0.5, 0.9))),
     ]
     DEFAULT_CONFIG_NAME = "tiny"
 

@@ -79,6 +79,8 @@ _MODEL_DEFAULTS: dict[str, dict] = {
         "backbone_checkpoint": "",      # folder from `python -m cervix_jax.convert.cli`
     },
     # paper A (configs/patch.py): see cervix_jax/train/task_patch.py and docs/patch_model.md
+    # refit_weighting: what the iterative regulator is fit from, "raw" patch weights (the paper) or
+    # "minmax" (a - min) / (max - min + 1e-6) (research notes 4.2: a flat map then gives no update).
     "patch": {"patch_size": 28, "aggregation": "mean", "mlp_hidden": (256, 64), "regulator": "iterative",
-              "reg_lambda": 0.1, "eps_w": 1e-3, "eig_floor": 0.25},
+              "reg_lambda": 0.1, "eps_w": 1e-3, "eig_floor": 0.25, "refit_weighting": "raw"},
 }

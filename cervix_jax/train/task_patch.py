@@ -8,7 +8,8 @@ weights of this forward pass and returned as new rows; the engine stores them, s
 next time that image is visited (Algorithm 1: refit once per epoch per image).
 
 config.model keys: patch_size, aggregation ("mean" | "sum" | "concat"), mlp_hidden,
-regulator ("none" | "fixed" | "iterative"), reg_lambda, eps_w, eig_floor.
+regulator ("none" | "fixed" | "iterative"), reg_lambda, eps_w, eig_floor, refit_weighting
+("raw" | "minmax": what the iterative refit is fit from, see `refit_weights`).
 "none" drops the spatial term whatever reg_lambda is, and keeps no per-example state.
 """
 from __future__ import annotations
@@ -27,6 +28,22 @@ from cervix_jax.models.parts import ExplainableModel
 from cervix_jax.models.patch import PatchWeightClassifier, crm_patch
 
 REGULATORS = ("none", "fixed", "iterative")
+REFIT_WEIGHTINGS = ("raw", "minmax")
+
+
+def refit_weights(a, weighting: str):
+    """The map the iterative regulator is fit from, one image [gh, gw] -> [gh, gw].
+
+    "raw": the patch weights themselves (the paper's Eqns. 8-10). "minmax": (a - min) /
+    (max - min + 1e-6) (research notes 4.2): the MLE ignores the weights' common floor, which with
+    raw weights pulls every fit toward the grid centre (a flat map fits the uniform-grid Gaussian);
+    an exactly flat map gives zeros, so `regulator.refit` keeps the previous regulator (eps_w).
+    """
+    if weighting == "raw":
+        return a
+    if weighting == "minmax":
+        return (a - a.min()) / (a.max() - a.min() + regulator.MINMAX_EPS)
+    raise ValueError(f"config.model.refit_weighting: expected one of {REFIT_WEIGHTINGS}, found {weighting!r}")
 
 
 class PatchTask:
@@ -40,6 +57,10 @@ class PatchTask:
         self.model = PatchWeightClassifier(patch_size=int(m.patch_size), aggregation=m.aggregation,
                                            mlp_hidden=tuple(m.mlp_hidden))
         self.mode = m.regulator
+        self.refit_weighting = m.get("refit_weighting", "raw")   # configs older than the key: "raw"
+        if self.refit_weighting not in REFIT_WEIGHTINGS:
+            raise ValueError(f"config.model.refit_weighting: expected one of {REFIT_WEIGHTINGS}, "
+                             f"found {self.refit_weighting!r}")
         self.reg_lambda = 0.0 if m.regulator == "none" else float(m.reg_lambda)
         self.eps_w = float(m.eps_w)
         self.eig_floor = float(m.eig_floor)
@@ -88,7 +109,8 @@ class PatchTask:
             spatial = jax.vmap(regulator.spatial_loss)(a, mu, cov)   # Eqn. 5
             if self.mode == "iterative":
                 refit = jax.vmap(lambda m, c, x: regulator.refit(
-                    m, c, x, eps_w=self.eps_w, eig_floor=self.eig_floor))
+                    m, c, refit_weights(x, self.refit_weighting), eps_w=self.eps_w,
+                    eig_floor=self.eig_floor))
                 new_mu, new_cov, valid = refit(mu, cov, jax.lax.stop_gradient(a))
             else:
                 new_mu, new_cov, valid = mu, cov, jnp.zeros(mu.shape[0], bool)
