@@ -177,16 +177,22 @@ async function rate(position, answer) {
   } catch (err) { status(err.message); }
 }
 
-async function toggleReferral(value, on) {
+// Referral answers carry the image's whole set of reasons. The set is updated locally at once (a
+// quick second click builds on the first) and the posts are sent one after another, in order, so
+// the last line in the ratings file is always the latest set.
+let referralPosts = Promise.resolve();
+
+function toggleReferral(value, on) {
   const item = current();
   const chosen = new Set(entry(item.id).referral || []);
   if (on) chosen.add(value); else chosen.delete(value);
   const list = Object.keys(S.config.referral_reasons).filter((k) => chosen.has(k));
-  try {
-    await post({reviewer: S.reviewer, image: item.id, kind: "referral", answer: list});
-    entry(item.id).referral = list;
-  } catch (err) { status(err.message); }
+  entry(item.id).referral = list;
   renderAnswers();
+  referralPosts = referralPosts
+    .then(() => post({reviewer: S.reviewer, image: item.id, kind: "referral", answer: list}))
+    .catch((err) => status(err.message));
+  return referralPosts;
 }
 
 function go(index) {
