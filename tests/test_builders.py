@@ -11,7 +11,13 @@ import cervix_jax  # noqa: F401  (registers the builders)
 from cervix_jax.data import builders, synthetic
 from cervix_jax.train.config import base_config
 
-RNG = np.random.default_rng()
+RNG: np.random.Generator  # set per test from the seeded `rng` fixture (tests/conftest.py)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_rng(rng):
+    global RNG
+    RNG = rng
 
 
 @pytest.fixture(scope="session")

@@ -39,11 +39,6 @@ def rel_err(got, ref):
     return np.max(np.abs(np.asarray(got, np.float64) - ref)) / np.max(np.abs(ref))
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng()
-
-
 def random_heads(rng, k, c=2, hidden=32):
     """(jax post-pool fn, float64 NumPy twin) pairs: dense+softmax, 2-layer tanh MLP, ReLU MLP."""
     w = (rng.normal(size=(k, c)) / np.sqrt(k)).astype(np.float32)  # unsaturated softmax
@@ -83,9 +78,11 @@ def test_crm_pooled_float32_vs_float64(rng, shape, tol):
         # linear: where an ablation's shift crosses a kink, neither Simpson along the shift nor the
         # plain float32 difference is exact (seen: 1.8e-4 of the max on a 24x36x64 map), so 1e-3.
         assert rel_err(got, ref) <= (max(tol, 1e-3) if name == "mlp_relu" else tol), name
-        # and elementwise where the map is not tiny
+        # and elementwise where the map is not tiny (the ReLU head's kinks: seen 6.4e-3 relative at
+        # a few locations whose ablation crosses a kink, CERVIX_TEST_SEED=2403463)
         big = ref > 1e-3 * ref.max()
-        np.testing.assert_allclose(got[big], ref[big], rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(got[big], ref[big], rtol=2e-2 if name == "mlp_relu" else 1e-4,
+                                   err_msg=name)
 
 
 def test_plain_difference_would_fail(rng):

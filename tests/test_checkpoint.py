@@ -83,12 +83,12 @@ def run_killer(workdir, step, sig):
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
-def test_sigkill_then_resume_is_bitwise_equal(reference, tmp_path):
+def test_sigkill_then_resume_is_bitwise_equal(reference, tmp_path, rng):
     ref_dir, ref_summary = reference
     total = ref_summary["total_steps"]
     # From step 5 on, the async save of step 2 has had two steps to finish; a save still in flight
     # when the kill comes is lost (SIGKILL), and the resume starts from the one before it.
-    kill_at = int(np.random.default_rng().integers(5, total - 1))
+    kill_at = int(rng.integers(5, total - 1))
     proc = run_killer(tmp_path, kill_at, "SIGKILL")
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     saved = Checkpoints(tmp_path / "checkpoints", keep=2, best_metric="val_accuracy")
@@ -106,9 +106,9 @@ def test_sigkill_then_resume_is_bitwise_equal(reference, tmp_path):
     assert steps_logged == list(range(1, total + 1))
 
 
-def test_sigterm_saves_and_exits_cleanly_then_resumes(reference, tmp_path):
+def test_sigterm_saves_and_exits_cleanly_then_resumes(reference, tmp_path, rng):
     ref_dir, ref_summary = reference
-    stop_at = int(np.random.default_rng().integers(1, ref_summary["total_steps"] - 1)) | 1  # odd: off the schedule
+    stop_at = int(rng.integers(1, ref_summary["total_steps"] - 1)) | 1  # odd: off the schedule
     proc = run_killer(tmp_path, stop_at, "SIGTERM")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "SUMMARY interrupted" in proc.stdout
@@ -119,7 +119,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(reference, tmp_path):
     assert_bitwise_equal(final_state(ref_dir)[0], final_state(tmp_path)[0])
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(reference, tmp_path, capsys):
+def test_corrupt_latest_checkpoint_falls_back_to_previous(reference, tmp_path, capsys, rng):
     import shutil
     ref_dir, ref_summary = reference
     wd = tmp_path / "run"
@@ -128,7 +128,6 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(reference, tmp_path, c
     steps = ck.steps()
     ck.close()
     latest, previous = steps[-1], steps[-2]
-    rng = np.random.default_rng()
     files = [f for f in (wd / "checkpoints" / str(latest) / "state").rglob("*") if f.is_file()]
     for f in files:  # flip bytes in the middle of every array file; truncate the rest
         data = bytearray(f.read_bytes())
@@ -145,7 +144,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(reference, tmp_path, c
     assert_bitwise_equal(final_state(ref_dir)[0], final_state(wd)[0])
 
 
-def test_nonfinite_loss_names_step_and_ids_and_keeps_last_good(tmp_path):
+def test_nonfinite_loss_names_step_and_ids_and_keeps_last_good(tmp_path, rng):
     c = tiny_config(epochs=2, checkpoint_every=3)
     data = loop.local_data(c)
     spe, bs = len(data.train), c.train.batch_size
@@ -156,7 +155,7 @@ def test_nonfinite_loss_names_step_and_ids_and_keeps_last_good(tmp_path):
         for i in range(spe):
             for j in order[i * bs:(i + 1) * bs]:
                 first.setdefault(int(j), (e * spe + i, e, i))
-    poisoned = int(np.random.default_rng().choice([j for j, f in first.items() if f[0] >= 4]))
+    poisoned = int(rng.choice([j for j, f in first.items() if f[0] >= 4]))
     bad_step, epoch, batch = first[poisoned]
     batch_ids = orders[epoch][batch * bs:(batch + 1) * bs]
     # an out-of-range label makes the tiny task's log-likelihood NaN (jnp gathers fill with NaN);

@@ -9,11 +9,6 @@ from sklearn.metrics import jaccard_score
 from cervix_jax.explain import evaluate as ev
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng()
-
-
 def random_mask(rng, h, w):
     cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(2, min(h, w) / 2)
     yy, xx = np.mgrid[:h, :w]

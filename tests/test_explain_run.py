@@ -20,11 +20,6 @@ def softmax64(z):
     return e / e.sum(-1, keepdims=True)
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng()
-
-
 def tiny(rng):
     A = rng.normal(size=(3, K)).astype(np.float32)
     Wd = rng.normal(size=(K, 2)).astype(np.float32)

@@ -51,11 +51,6 @@ class Tiny:
 
 
 @pytest.fixture
-def rng():
-    return np.random.default_rng()
-
-
-@pytest.fixture
 def model(rng):
     return Tiny(rng)
 

@@ -25,8 +25,8 @@ def test_unknown_keys_and_bad_values_are_all_reported(tmp_path):
     assert not (tmp_path / "config.json").exists()
 
 
-def test_demo_with_tiny_config_writes_the_workdir(tmp_path):
-    epochs = int(np.random.default_rng().integers(1, 3))
+def test_demo_with_tiny_config_writes_the_workdir(tmp_path, rng):
+    epochs = int(rng.integers(1, 3))
     p = launch("demo", "--config", "configs/tiny.py:state", "--workdir", tmp_path,
                f"--config.train.epochs={epochs}", "--config.explain.max_images=4")
     assert p.returncode == 0, p.stderr[-3000:]

@@ -62,8 +62,8 @@ def run_steps(devices, seed, path):
     return dict(np.load(path))
 
 
-def test_one_and_eight_devices_give_the_same_parameters_with_both_wrappers(tmp_path):
-    seed = int(np.random.default_rng().integers(1 << 30))
+def test_one_and_eight_devices_give_the_same_parameters_with_both_wrappers(tmp_path, rng):
+    seed = int(rng.integers(1 << 30))
     one, eight = run_steps(1, seed, tmp_path / "one.npz"), run_steps(8, seed, tmp_path / "eight.npz")
     names = sorted(k.split("/", 1)[1] for k in one if k.startswith("plain/"))
     assert any("count" in n for n in names) and any("kernel" in n for n in names)

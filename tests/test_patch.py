@@ -70,8 +70,7 @@ def np_forward(params, image, patch, aggregation):
     return logit, a.reshape(gh, gw), h.reshape(gh, gw, -1)
 
 
-def test_patchify_matches_slicing():
-    rng = np.random.default_rng()
+def test_patchify_matches_slicing(rng):
     x = rng.normal(size=(H, W, 3)).astype(np.float32)
     got = np.asarray(patchify(jnp.asarray(x), P))
     assert got.shape == (H // P, W // P, P, P, 3)
@@ -81,8 +80,7 @@ def test_patchify_matches_slicing():
 
 
 @pytest.mark.parametrize("aggregation", ["mean", "sum", "concat"])
-def test_forward_matches_numpy_per_patch_loop(aggregation):
-    rng = np.random.default_rng()
+def test_forward_matches_numpy_per_patch_loop(aggregation, rng):
     model = PatchWeightClassifier(patch_size=P, aggregation=aggregation, mlp_hidden=(16, 8))
     image = jnp.asarray(rng.uniform(0, 1, (H, W, 3)), jnp.float32)
     variables = model.init(jax.random.PRNGKey(rng.integers(1 << 30)), image)
@@ -97,9 +95,9 @@ def test_forward_matches_numpy_per_patch_loop(aggregation):
     np.testing.assert_allclose(grid, ref_grid, rtol=1e-4, atol=1e-5)
 
 
-def test_glorot_uniform_init_statistics():
+def test_glorot_uniform_init_statistics(rng):
     model = PatchWeightClassifier(patch_size=28)
-    params = model.init(jax.random.PRNGKey(np.random.default_rng().integers(1 << 30)),
+    params = model.init(jax.random.PRNGKey(rng.integers(1 << 30)),
                         jnp.ones((28, 28, 3)))["params"]
     kernels = {"conv": params["patch_cnn"]["Conv_2"]["kernel"],        # fan 216 in, 432 out
                "dense": params["weight_net"]["Dense_0"]["kernel"]}     # fan 432 in, 800 out
@@ -118,8 +116,7 @@ def test_glorot_uniform_init_statistics():
 
 
 @pytest.mark.parametrize("aggregation", ["mean", "sum"])
-def test_crm_patch_equals_brute_force_zero_ablation(aggregation):
-    rng = np.random.default_rng()
+def test_crm_patch_equals_brute_force_zero_ablation(aggregation, rng):
     model = PatchWeightClassifier(patch_size=P, aggregation=aggregation, mlp_hidden=(16, 8))
     image = jnp.asarray(rng.uniform(0, 1, (H, W, 3)), jnp.float32)
     variables = model.init(jax.random.PRNGKey(rng.integers(1 << 30)), image)
@@ -162,8 +159,7 @@ def _np_bce(logit, y):
     return np.logaddexp(0, logit) - y * logit
 
 
-def test_train_step_refits_exactly_the_batch_regulators_and_checkpoints(tmp_path):
-    rng = np.random.default_rng()
+def test_train_step_refits_exactly_the_batch_regulators_and_checkpoints(tmp_path, rng):
     task = task_patch.make(_config("iterative"))
     n = 10
     variables = task.init(jax.random.PRNGKey(rng.integers(1 << 30)), (H, W, 3))
@@ -215,8 +211,7 @@ def test_train_step_refits_exactly_the_batch_regulators_and_checkpoints(tmp_path
         np.testing.assert_array_equal(restored[key], new_state[key])
 
 
-def test_fixed_keeps_rows_and_none_has_no_state():
-    rng = np.random.default_rng()
+def test_fixed_keeps_rows_and_none_has_no_state(rng):
     batch = _batch(rng, [1, 3])
     fixed = task_patch.make(_config("fixed"))
     variables = fixed.init(jax.random.PRNGKey(rng.integers(1 << 30)), (H, W, 3))
@@ -232,8 +227,7 @@ def test_fixed_keeps_rows_and_none_has_no_state():
     assert aux["metrics"]["spatial"] > 0
 
 
-def test_explainable_views_agree():
-    rng = np.random.default_rng()
+def test_explainable_views_agree(rng):
     task = task_patch.make(_config())
     variables = task.init(jax.random.PRNGKey(rng.integers(1 << 30)), (H, W, 3))
     ex = task.explainable(variables)

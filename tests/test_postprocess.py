@@ -8,11 +8,6 @@ from PIL import Image
 from cervix_jax.explain import postprocess as pp
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng()
-
-
 def pil_bilinear(a, shape):
     return np.asarray(Image.fromarray(np.asarray(a, np.float32), mode="F").resize(
         (shape[1], shape[0]), Image.BILINEAR), np.float64)

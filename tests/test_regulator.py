@@ -31,8 +31,7 @@ def random_spd(rng):
 
 
 @pytest.mark.parametrize("shape", [(7, 11), (42, 42)])
-def test_fit_gaussian_matches_numpy_weighted_mle(shape):
-    rng = np.random.default_rng()
+def test_fit_gaussian_matches_numpy_weighted_mle(shape, rng):
     w = rng.uniform(0.01, 1.0, shape) ** 3          # skewed, so mu is off-centre
     mu, cov = R.fit_gaussian(jnp.asarray(w, jnp.float32))
     ref_mu, ref_cov = np_fit(w)
@@ -40,8 +39,7 @@ def test_fit_gaussian_matches_numpy_weighted_mle(shape):
     np.testing.assert_allclose(cov, ref_cov, rtol=1e-4, atol=1e-3)
 
 
-def test_fit_gaussian_is_mle_not_unbiased():
-    rng = np.random.default_rng()
+def test_fit_gaussian_is_mle_not_unbiased(rng):
     w = rng.uniform(0.1, 1.0, (5, 6))
     _, cov = R.fit_gaussian(jnp.asarray(w, jnp.float32))
     _, ref = np_fit(w)
@@ -50,8 +48,7 @@ def test_fit_gaussian_is_mle_not_unbiased():
     np.testing.assert_allclose(cov, ref, rtol=1e-4)
 
 
-def test_gaussian_density_matches_scipy():
-    rng = np.random.default_rng()
+def test_gaussian_density_matches_scipy(rng):
     h, w = 9, 13
     mu = rng.uniform([0, 0], [w - 1, h - 1])
     cov = random_spd(rng) * 4
@@ -62,8 +59,7 @@ def test_gaussian_density_matches_scipy():
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-7)
 
 
-def test_dissimilarity_matches_numpy():
-    rng = np.random.default_rng()
+def test_dissimilarity_matches_numpy(rng):
     a, s = rng.uniform(size=(2, 6, 8))
     got = R.dissimilarity(jnp.asarray(a, jnp.float32), jnp.asarray(s, jnp.float32))
     np.testing.assert_allclose(got, 1 - np_minmax(a) * np_minmax(s), rtol=1e-5, atol=1e-6)
@@ -71,8 +67,7 @@ def test_dissimilarity_matches_numpy():
     assert np.all(np.isfinite(R.dissimilarity(jnp.ones((3, 3)), jnp.asarray(s[:3, :3]))))
 
 
-def test_spatial_loss_is_mean_of_d_and_stops_gradient_at_the_regulator():
-    rng = np.random.default_rng()
+def test_spatial_loss_is_mean_of_d_and_stops_gradient_at_the_regulator(rng):
     h, w = 6, 8
     a = rng.uniform(size=(h, w))
     mu = rng.uniform([1, 1], [w - 2, h - 2])
@@ -98,8 +93,7 @@ def _prev(rng):
             jnp.asarray(random_spd(rng), jnp.float32))
 
 
-def test_refit_valid_is_floored_weighted_mle():
-    rng = np.random.default_rng()
+def test_refit_valid_is_floored_weighted_mle(rng):
     w = rng.uniform(0.05, 1.0, (8, 10))
     mu, cov, valid = R.refit(*_prev(rng), jnp.asarray(w, jnp.float32), eps_w=EPS_W, eig_floor=FLOOR)
     ref_mu, ref_cov = np_fit(w)
@@ -108,8 +102,7 @@ def test_refit_valid_is_floored_weighted_mle():
     np.testing.assert_allclose(cov, ref_cov, rtol=1e-4)   # eigenvalues well above the floor
 
 
-def test_refit_single_patch_gets_floored_eigenvalues():
-    rng = np.random.default_rng()
+def test_refit_single_patch_gets_floored_eigenvalues(rng):
     w = np.zeros((6, 7))
     i, j = rng.integers(0, 6), rng.integers(0, 7)
     w[i, j] = rng.uniform(0.5, 1.0)
@@ -129,8 +122,7 @@ def _invalid_cases(rng):
 
 
 @pytest.mark.parametrize("case", ["small_sum", "nan", "outside", "indefinite"])
-def test_refit_invalid_keeps_previous(case):
-    rng = np.random.default_rng()
+def test_refit_invalid_keeps_previous(case, rng):
     w = _invalid_cases(rng)[case]
     prev_mu, prev_cov = _prev(rng)
     mu, cov, valid = jax.jit(lambda m, c, x: R.refit(m, c, x, eps_w=EPS_W, eig_floor=FLOOR))(
@@ -146,8 +138,7 @@ def test_refit_invalid_keeps_previous(case):
         assert w.sum() > EPS_W and (inside != (case == "outside")) and (psd != (case == "indefinite"))
 
 
-def test_refit_vmapped_mixes_valid_and_invalid_rows():
-    rng = np.random.default_rng()
+def test_refit_vmapped_mixes_valid_and_invalid_rows(rng):
     cases = _invalid_cases(rng)
     good = rng.uniform(0.1, 1.0, (3, 3))
     ws = jnp.asarray(np.stack([good, cases["outside"], good * 2, cases["small_sum"]]), jnp.float32)

@@ -3,9 +3,15 @@ import numpy as np
 import pytest
 
 from cervix_jax.data import synthetic
+from conftest import draw_seed
 from cervix_jax.viz.sheet import contact_sheet
 
-SEED = int(np.random.default_rng().integers(1_000_000))  # fresh each run; printed on failure
+SEED = draw_seed()  # fresh each run (or CERVIX_TEST_SEED); printed on failure by tests/conftest.py
+
+
+@pytest.fixture(autouse=True)
+def _record_seed(request):
+    request.node.user_properties.append(("random seed", SEED))
 
 
 def _config(**kw):

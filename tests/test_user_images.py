@@ -7,7 +7,13 @@ from PIL import Image
 
 from cervix_jax.data import images
 
-RNG = np.random.default_rng()
+RNG: np.random.Generator  # set per test from the seeded `rng` fixture (tests/conftest.py)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_rng(rng):
+    global RNG
+    RNG = rng
 
 
 def _rgb(h=40, w=56):

@@ -1,0 +1,56 @@
+"""Shared test fixtures: every random generator in the suite is seeded, and the seed is printed on failure.
+
+A test that wants random inputs takes the ``rng`` fixture (a ``np.random.Generator``) or the ``seed``
+fixture (an ``int`` for ``jax.random.PRNGKey`` or a generator of its own). The seed is fresh for each
+test and each run, so inputs stay random, and a failure report ends with
+
+    random seed: 123456789 (rerun with CERVIX_TEST_SEED=123456789)
+
+Setting ``CERVIX_TEST_SEED`` fixes the seed of every test, which reproduces a failure exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import numpy as np
+import pytest
+
+_SEED_ENV = "CERVIX_TEST_SEED"
+
+
+def draw_seed() -> int:
+    """The seed for one test: ``CERVIX_TEST_SEED`` if set, else a fresh 31-bit number."""
+    fixed = os.environ.get(_SEED_ENV)
+    if fixed is not None:
+        try:
+            return int(fixed)
+        except ValueError as err:
+            raise ValueError(f"{_SEED_ENV} must be an integer; found {fixed!r}") from err
+    return secrets.randbits(31)
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """An int seed, recorded on the test so that a failure prints it."""
+    value = draw_seed()
+    request.node.user_properties.append(("random seed", value))
+    return value
+
+
+@pytest.fixture
+def rng(seed) -> np.random.Generator:
+    """A NumPy generator seeded by the ``seed`` fixture."""
+    return np.random.default_rng(seed)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        seeds = [value for name, value in item.user_properties if name == "random seed"]
+        for value in seeds:
+            report.sections.append(
+                ("random seed", f"random seed: {value} (rerun with {_SEED_ENV}={value})"))
