@@ -55,7 +55,8 @@ def base_config(model: str = "tiny") -> mlc.ConfigDict:
     c.explain.max_images = 64
 
     c.sweep = mlc.ConfigDict()
-    # ((dotted key, values), ...): the cartesian product, one workdir per point; e.g.
+    # ((dotted key, values), ...): the cartesian product, one workdir per point; "a+b" zips keys (one value
+    # sets both, e.g. "seed+data.split_seed"). E.g.
     # (("model.levels", ("p3", "p3,p6,p7")), ("seed", (0, 1, 2))). Seeds are averaged in the table.
     c.sweep.grid = ()
     c.sweep.fast = True                     # use the task's sweep_fast if any (paper B); False: ordinary runs
@@ -81,6 +82,14 @@ _MODEL_DEFAULTS: dict[str, dict] = {
     # paper A (configs/patch.py): see cervix_jax/train/task_patch.py and docs/patch_model.md
     # refit_weighting: what the iterative regulator is fit from, "raw" patch weights (the paper) or
     # "minmax" (a - min) / (max - min + 1e-6) (research notes 4.2: a flat map then gives no update).
-    "patch": {"patch_size": 28, "aggregation": "mean", "mlp_hidden": (256, 64), "regulator": "iterative",
-              "reg_lambda": 0.1, "eps_w": 1e-3, "eig_floor": 0.25, "refit_weighting": "raw"},
+    # aggregation / spatial_reduction: the paper's literal Eqn. 4 ("average" over patches) and Eqn. 5
+    # ("sum" of D over patches) by default; see docs/patch_model.md for the alternatives.
+    "patch": {"patch_size": 28, "aggregation": "average", "mlp_hidden": (256, 64),
+              "weight_hidden": (800, 512, 128), "regulator": "iterative",
+              "reg_lambda": 0.1, "spatial_reduction": "sum", "eps_w": 1e-3, "eig_floor": 0.25,
+              "refit_weighting": "raw"},
+    # paper A's Table 1 baselines (configs/baselines.py): see cervix_jax/train/task_baseline.py
+    "baseline": {"arch": "vgg16", "input_size": (0, 0), "width": 1.0, "fc_width": 4096, "crop": "none",
+                 "crop_size": 0, "box_source": "oracle", "box_margin": 0.1, "freeze_blocks": 0,
+                 "checkpoint": ""},
 }

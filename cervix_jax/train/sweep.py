@@ -44,14 +44,15 @@ def point_config(config, point: dict):
     c = copy.deepcopy(config)
     with c.unlocked():
         c.sweep.grid = ()
-    for key, value in point.items():
-        *parents, leaf = key.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"config.sweep.grid: unknown key {key!r}")
-        node[leaf] = value
+    for keys, value in point.items():
+        for key in keys.split("+"):        # "seed+data.split_seed": one value sets both (zipped)
+            *parents, leaf = key.split(".")
+            node = c
+            for p in parents:
+                node = node[p]
+            if leaf not in node:
+                raise KeyError(f"config.sweep.grid: unknown key {key!r}")
+            node[leaf] = value
     return c
 
 
@@ -85,10 +86,11 @@ def sweep(config, workdir) -> dict:
 
 
 def summarize(config, workdir) -> dict:
-    """Groups points by every key but `seed`; writes summary.md and summary.csv (mean, sd, n)."""
+    """Groups points by every key but `seed` (or a zipped key with it, e.g. "seed+data.split_seed");
+    writes summary.md and summary.csv (mean, sd, n)."""
     workdir = Path(workdir)
     groups: dict[tuple, list[dict]] = {}
-    keys = [k for k, _ in config.sweep.grid if k != "seed"]
+    keys = [k for k, _ in config.sweep.grid if "seed" not in k.split("+")]
     for p in grid_points(config):
         f = workdir / "points" / point_name(p) / "eval" / "metrics.json"
         if f.exists():

@@ -3,7 +3,8 @@
 The engine (steps, parallel wrappers, loop, checkpoints, eval, sweeps) never knows which model it
 trains; a `Task` tells it. Tasks are registered by name (`config.model.name`) and created with
 `make_task(config)`. Implementations: `task_pyramid.py` (paper B), `task_patch.py` (paper A),
-`task_tiny.py` (a tiny CNN for engine tests and smoke runs).
+`task_baseline.py` (paper A's Table 1 whole-image and crop baselines), `task_tiny.py` (a tiny CNN
+for engine tests and smoke runs).
 
 Conventions
 - `variables = {"params": trainable pytree, "frozen": non-trainable pytree (may be {})}`.
@@ -31,6 +32,7 @@ _REGISTRY: dict[str, str] = {
     "tiny": "cervix_jax.train.task_tiny:make",
     "pyramid": "cervix_jax.train.task_pyramid:make",
     "patch": "cervix_jax.train.task_patch:make",
+    "baseline": "cervix_jax.train.task_baseline:make",
 }
 
 
