@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 from pathlib import Path
 from typing import Optional
 
