@@ -131,7 +131,7 @@ def test_discover_class_folders(tmp_path):
     found = images.discover(tmp_path, {"Type_1": 0, "Type_2": 1})
     items, problems = found.items, found.problems
     assert found.layout == "class_folders"
-    assert sorted((p.split("/")[-2] + "/" + p.split("/")[-1], l) for p, l in ((i.path, i.label) for i in items)) == [
+    assert sorted((p.split("/")[-2] + "/" + p.split("/")[-1], lab) for p, lab in ((i.path, i.label) for i in items)) == [
         ("Type_1/a.png", 0), ("Type_2/a.png", 1), ("sub/b.jpg", 0)]
     reasons = {p["path"].split(str(tmp_path))[-1]: p["reason"] for p in problems}
     assert "not in a class folder" in reasons["/loose.png"]
