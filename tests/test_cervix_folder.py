@@ -41,12 +41,14 @@ def test_imagefolder_convention_and_paper_b_classes(tmp_path, rng, capsys):
     rows = _rows(source)
     names = ["not_treatable/0.png", "not_treatable/1.png", "treatable/0.png", "treatable/1.png"]
     assert [int(r["label"]) for r in rows] == [1, 1, 0, 0]
-    assert [int(r["treatability"]) for r in rows] == [1, 1, 0, 0] and {int(r["dysplasia"]) for r in rows} == {-1}
+    assert [int(r["treatability"]) for r in rows] == [1, 1, 0, 0]
+    assert {int(r["dysplasia"]) for r in rows} == {-1}
     for r, n in zip(rows, names):
         np.testing.assert_array_equal(r["image"], arrays[n])
     build = builders.builder_for(_data(tmp_path, root)).data_path
     saved = json.loads((build / builders.LABEL_MAP_NAME).read_text())
-    assert saved["label_map"] == {"not_treatable": 1, "treatable": 0} and saved["label_kind"] == "treatability"
+    assert saved["label_map"] == {"not_treatable": 1, "treatable": 0}
+    assert saved["label_kind"] == "treatability"
     assert "'not_treatable' -> 1, 'treatable' -> 0" in out and "paper B" in out
 
     # Any other two names: sorted names -> 0, 1 (torchvision / Keras / tfds ImageFolder).
@@ -78,6 +80,8 @@ def test_manual_dir_is_the_csv_and_stale_builds(tmp_path, rng, capsys):
     assert [int(r["label"]) for r in _rows(source)] == [0, 1, 0, 1]
     np.testing.assert_array_equal(source[3]["image"], arrays[3])
     builders.load_source({**data, "manual_dir": str(root)})  # the folder holding it: the same build, reused
+    with pytest.raises(ValueError, match="inside data.manual_dir"):
+        builders.prepare({**data, "data_dir": str(root / "tfds")})
 
     csv.write_text(csv.read_text().replace(",0,", ",1,"))  # labels edited
     with pytest.raises(ValueError, match="stale: the manifest's content changed.*--rebuild"):
@@ -163,7 +167,8 @@ def test_nothing_readable_says_why_without_a_missing_report(tmp_path, rng, monke
         (root / cls).mkdir(parents=True)
         (root / cls / os.fsdecode(b"x\xe9.png")).write_bytes(b"\x89PNG truncated")
     out = _strict_stdout(monkeypatch)
-    with pytest.raises(ValueError, match=r"(?s)no image of .* could be read \(2 files skipped.*x\\xe9.png: not an image"):
+    expected = r"(?s)no image of .* could be read \(2 files skipped.*x\\xe9.png: not an image"
+    with pytest.raises(ValueError, match=expected):
         builders.prepare(_data(tmp_path, root))
     assert builders.REPORT_NAME not in out.buffer.getvalue().decode("utf-8")
 
@@ -184,7 +189,9 @@ def test_mixed_orientations_batch(tmp_path, rng):
     _save(root / "1" / "square.png", _rgb(rng, 70, 70))
     source, _ = builders.load_source(_data(tmp_path, root))
     pad, longer = (32, 48), 48
-    pre = lambda ex: pipeline.preprocess(ex, image_size=longer, pad_to=pad, normalization="unit", with_masks=True)
+    def pre(ex):
+        return pipeline.preprocess(ex, image_size=longer, pad_to=pad, normalization="unit", with_masks=True)
+
     loader = pipeline.Loader(source, np.arange(len(source)), global_batch_size=2, preprocess_fn=pre,
                              shuffle=True, seed=int(rng.integers(1 << 30)), drop_remainder=False,
                              num_devices=1, num_workers=2)

@@ -100,7 +100,8 @@ def test_tiny_image_skipped(tmp_path):
 def test_downscale_keeps_aspect_area_average(tmp_path):
     a = _rgb(48, 64)
     Image.fromarray(a).save(tmp_path / "big.png")
-    r = images.read_image(tmp_path / "big.png", max_side=32, min_side=16)  # min_side applies after the downscale
+    # min_side applies after the downscale
+    r = images.read_image(tmp_path / "big.png", max_side=32, min_side=16)
     ref = a.astype(np.float64).reshape(24, 2, 32, 2, 3).mean((1, 3))  # 2x2 block means
     assert r.image.shape == (24, 32, 3)
     assert np.abs(r.image - ref).max() <= 1.0

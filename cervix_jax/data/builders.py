@@ -339,7 +339,8 @@ def builder_for(data_config, label_map: Optional[dict] = None) -> tfds.core.Data
     return tfds.builder(name, data_dir=data_dir)
 
 
-def prepare(data_config, label_map: Optional[dict] = None, *, rebuild: bool = False) -> tfds.core.DatasetBuilder:
+def prepare(data_config, label_map: Optional[dict] = None, *,
+            rebuild: bool = False) -> tfds.core.DatasetBuilder:
     """Builds the dataset of data_config (name, data_dir, manual_dir) if not built; returns the builder.
 
     For cervix_folder, an existing build is reused only if it was made from the same manual_dir and
@@ -355,6 +356,11 @@ def prepare(data_config, label_map: Optional[dict] = None, *, rebuild: bool = Fa
     if not manual_dir:
         raise ValueError("data.manual_dir: cervix_folder needs the folder (or CSV) of your images; found ''")
     manual_dir = Path(os.path.expanduser(manual_dir))
+    folder = (manual_dir.parent if manual_dir.is_file() else manual_dir).resolve()
+    if folder == Path(builder.data_dir).resolve() or folder in Path(builder.data_dir).resolve().parents:
+        raise ValueError(f"data.data_dir={str(builder.data_dir_root)!r} is inside data.manual_dir="
+                         f"{str(manual_dir)!r}: the build would become part of its own input; put data_dir "
+                         "elsewhere")
     cfg = builder.builder_config
     report_path = Path(builder.data_dir) / REPORT_NAME
     if report_path.is_file():
@@ -411,10 +417,11 @@ def main(argv=None) -> None:
                    help="cervix_folder: e.g. Type_1=0,Type_2=1,Type_3=1 (a custom config named 'custom')")
     p.add_argument("--label", default="label", help="with --label_map: treatability|dysplasia|label")
     p.add_argument("--rebuild", action="store_true",
-                   help="cervix_folder: delete and rebuild a build whose inputs changed (else refused as stale)")
+                   help="cervix_folder: delete and rebuild a build whose inputs changed "
+                        "(else refused as stale)")
     a = p.parse_args(argv)
-    builder = prepare(dict(name=a.name, data_dir=a.data_dir, manual_dir=a.manual_dir, label=a.label), a.label_map,
-                      rebuild=a.rebuild)
+    data = dict(name=a.name, data_dir=a.data_dir, manual_dir=a.manual_dir, label=a.label)
+    builder = prepare(data, a.label_map, rebuild=a.rebuild)
     print(f"{builder.info.full_name}: {builder.info.splits['train'].num_examples} examples in {builder.data_dir}")
 
 

@@ -68,6 +68,9 @@ def read_image(path, *, max_side: int = 1200, min_side: int = 32) -> ReadResult:
         return ReadResult(path, None, notes, "not an image: Pillow cannot identify the file format")
     except Image.DecompressionBombError as e:
         return ReadResult(path, None, notes, f"too large to decode safely: {e}")
+    except PermissionError as e:
+        return ReadResult(path, None, notes,
+                          f"cannot be opened (permissions): {type(e).__name__}: {e.strerror}")
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         return ReadResult(path, None, notes, f"unreadable (truncated or corrupt): {type(e).__name__}: {e}")
     if rgb is None:
@@ -174,9 +177,10 @@ def imagefolder_mapping(names) -> tuple[dict[str, int], Optional[str], str]:
     abnormal) and also fill that label key. Returns (mapping, label_kind or None, rule)."""
     names = sorted(names)
     if len(names) != 2:
-        raise ValueError(f"cervix_folder (ImageFolder convention): the models here are binary, so exactly 2 "
-                         f"classes are needed; found {len(names)}: {[printable(n) for n in names]}. Remove the "
-                         "extra ones or give a mapping (--label_map NAME=0|1,... or config "
+        raise ValueError(f"cervix_folder (ImageFolder convention): the models here are binary, so "
+                         f"exactly 2 classes are needed; found {len(names)}: "
+                         f"{[printable(n) for n in names]}. "
+                         "Remove the extra ones or give a mapping (--label_map NAME=0|1,... or config "
                          "mobileodt_treatability / mobileodt_type3)")
     known = KNOWN_CLASSES.get(frozenset(_norm_class(n) for n in names))
     if known is not None:
@@ -257,9 +261,9 @@ def _inputs(items: list[Item], problems: list[dict], manifest_bytes: Optional[by
 def _no_match(what: str, classes: dict[str, int], label_map: dict, where: Path) -> ValueError:
     found = ", ".join(f"{printable(k)!r} ({n} files)" for k, n in sorted(classes.items())) or "none"
     return ValueError(f"cervix_folder: no image in {printable(where)} matched the label mapping {label_map}: "
-                      f"found {what} {found}. Use the default config cervix_folder (the ImageFolder convention: "
-                      "sorted class names -> 0, 1; treatable/not_treatable as paper B's classes), a config "
-                      "whose mapping names these classes, or --label_map NAME=0|1,...")
+                      f"found {what} {found}. Use the default config cervix_folder (the ImageFolder "
+                      "convention: sorted class names -> 0, 1; treatable/not_treatable as paper B's "
+                      "classes), a config whose mapping names these classes, or --label_map NAME=0|1,...")
 
 
 def _discover_class_folders(root: Path, label_map) -> Discovery:
@@ -288,9 +292,9 @@ def _discover_class_folders(root: Path, label_map) -> Discovery:
             why = _not_a_file(p) or "not in a class folder (expected FOLDER/<class>/<image>)"
             problems.append({"path": str(p), "reason": why})
     if not files:
-        raise ValueError(f"cervix_folder: no class folder in {printable(root)} (and no {MANIFEST_NAME}): expected "
-                         f"FOLDER/<class>/<image>, e.g. FOLDER/treatable/ and FOLDER/not_treatable/, or a CSV "
-                         f"manifest with columns path,label[,group]")
+        raise ValueError(f"cervix_folder: no class folder in {printable(root)} (and no {MANIFEST_NAME}): "
+                         "expected FOLDER/<class>/<image>, e.g. FOLDER/treatable/ and FOLDER/not_treatable/, "
+                         "or a CSV manifest with columns path,label[,group]")
     classes = {k: len(v) for k, v in files.items()}
     if label_map is None:
         label_map, kind, rule = imagefolder_mapping(files)
@@ -320,8 +324,8 @@ def read_manifest_text(csv_path: Path) -> tuple[str, str]:
     data = Path(csv_path).read_bytes()
     hint = "; save it as 'CSV UTF-8' (or Latin-1)"
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data:
-        raise ValueError(f"cervix_folder: cannot read the manifest {printable(csv_path)}: it looks like UTF-16 "
-                         f"or a binary file (NUL bytes){hint}")
+        raise ValueError(f"cervix_folder: cannot read the manifest {printable(csv_path)}: it looks like "
+                         f"UTF-16 or a binary file (NUL bytes){hint}")
     if data.startswith(b"\xef\xbb\xbf"):
         data, encoding = data[3:], "utf-8-sig"
     else:
@@ -331,8 +335,9 @@ def read_manifest_text(csv_path: Path) -> tuple[str, str]:
     except UnicodeDecodeError as e:
         if encoding == "utf-8-sig":
             line = data[:e.start].count(b"\n") + 1
-            raise ValueError(f"cervix_folder: cannot read the manifest {printable(csv_path)}: it starts with a "
-                             f"UTF-8 byte-order mark but line {line} is not UTF-8 ({e.reason}){hint}") from e
+            raise ValueError(f"cervix_folder: cannot read the manifest {printable(csv_path)}: it starts "
+                             f"with a UTF-8 byte-order mark but line {line} is not UTF-8 ({e.reason}){hint}"
+                             ) from e
         try:
             text, encoding = data.decode("cp1252"), "latin-1 (windows-1252)"
         except UnicodeDecodeError as e2:
