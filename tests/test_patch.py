@@ -242,8 +242,11 @@ def test_explainable_views_agree(rng):
     p = task.predict(variables["params"], {}, {"image": image[None]})[0]
     np.testing.assert_allclose(scores, [1 - p, p], rtol=1e-6)
     np.testing.assert_allclose(ex.head(ex.features(image)), scores, rtol=1e-6)
-    _, a = task.forward(variables["params"], image[None])
+    logits, a = task.forward(variables["params"], image[None])
     np.testing.assert_allclose(ex.weights(image), a[0], rtol=1e-6)
+    f = task.image_features(variables["params"], {}, {"image": image[None]})      # Fig. 4d's vectors
+    np.testing.assert_allclose(task.model.apply(variables, f[0], method=PatchWeightClassifier.classify),
+                               logits[0], rtol=1e-5, atol=1e-6)
 
 
 def test_config_variants_build_consistent_grids():

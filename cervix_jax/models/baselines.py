@@ -16,8 +16,9 @@ logit per image (sigmoid outside):
 `width` scales every conv width (and `fc_width` the dense layers) of CaffeNet, VGG16 and Inception
 for CPU-sized runs; 1.0 and 4096 are the papers' networks. LeNet is small and keeps its widths.
 `input_hw(arch, image_hw, requested)`: the network input, by default the paper's size capped at the
-image's shorter side (images are downsampled, never upsampled). The image reaches the model through `crop_resize` (downsampling of the
-whole image, a centre crop, or a box), see `cervix_jax/train/task_baseline.py`.
+image's shorter side (images are downsampled, never upsampled). The image reaches the model through
+`crop_resize` (the whole image downsampled, a centre crop, or a box), see
+`cervix_jax/train/task_baseline.py`.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def _w(n: int, width: float) -> int:
 
 def input_hw(arch: str, image_hw: tuple[int, int], requested=(0, 0)) -> tuple[int, int]:
     """The network input (h, w): `requested` if set, else the paper's square size for `arch`
-    (PAPER_INPUT_SIZES) capped at min(image_hw) (CaffeNet at least 67 px, VGG16 and Inception 32)."""
+    (PAPER_INPUT_SIZES) capped at min(image_hw), the image or crop it sees (but CaffeNet at least
+    67 px, the others 32, the smallest inputs they run on)."""
     if tuple(requested) != (0, 0):
         return tuple(int(v) for v in requested)
     if arch not in PAPER_INPUT_SIZES:

@@ -56,6 +56,9 @@ class Task(Protocol):
     def explainable(self, variables: dict):
         """An `cervix_jax.models.parts.ExplainableModel` for these variables."""
 
+    # Optional: image_features(params, frozen, batch) -> [b, D] image-level feature vectors (the
+    # classifier's input), for t-SNE figures (paper A's Fig. 4d; patch and baseline tasks have it).
+
 
 def register(name: str, target: str) -> None:
     """Registers a task factory "module:function" under `name` (for user extensions)."""

@@ -48,9 +48,12 @@ class BaselineTask:
         m = self.model_config
         self.arch = m.arch
         self.module = baselines.make_model(m.arch, width=float(m.width), fc_width=int(m.fc_width))
-        self.input_hw = baselines.input_hw(m.arch, self.image_hw, tuple(m.input_size))
         if m.crop not in CROPS:
             raise ValueError(f"config.model.crop: expected one of {CROPS}, found {m.crop!r}")
+        if m.crop == "center" and int(m.crop_size) <= 0:
+            raise ValueError(f"config.model.crop_size: Crop-k needs k > 0 pixels, found {m.crop_size}")
+        cap = (int(m.crop_size),) * 2 if m.crop == "center" else self.image_hw   # never upsample
+        self.input_hw = baselines.input_hw(m.arch, cap, tuple(m.input_size))
         self.crop = m.crop
         self.margin = float(m.box_margin)
         self.freeze_blocks = int(m.freeze_blocks)

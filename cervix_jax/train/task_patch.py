@@ -28,7 +28,7 @@ import optax
 
 from cervix_jax import regulator
 from cervix_jax.models.parts import ExplainableModel
-from cervix_jax.models.patch import PatchWeightClassifier, crm_patch
+from cervix_jax.models.patch import PatchWeightClassifier, aggregate, crm_patch
 
 REGULATORS = ("none", "fixed", "iterative")
 REFIT_WEIGHTINGS = ("raw", "minmax")
@@ -136,6 +136,19 @@ class PatchTask:
         del frozen
         logits, _ = self.forward(params, batch["image"])
         return jax.nn.sigmoid(logits)
+
+    def image_features(self, params, frozen, batch):
+        """[b, D] the aggregated image vectors f of Eqn. 4 (the classifier's input; Fig. 4d's t-SNE)."""
+        del frozen
+        model = self.model
+
+        def one(image):
+            grid = model.apply({"params": params}, image, method=PatchWeightClassifier.features)
+            gh, gw, k = grid.shape
+            a = model.apply({"params": params}, grid, method=PatchWeightClassifier.patch_weights)
+            return aggregate(grid.reshape(gh * gw, k), a.reshape(-1), model.aggregation)
+
+        return jax.vmap(one)(batch["image"])
 
     def explainable(self, variables) -> ExplainableModel:
         v = {"params": variables["params"]}
