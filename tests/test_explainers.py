@@ -173,7 +173,7 @@ def test_occlusion_equals_captum_golden():
             occlusion(scores, x, t, border=b, **opts) for b in ("clip", "shift")])
         got, other = both(g["x"])
         ref = g["attribution"]
-        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-4 * np.abs(ref).max(), err_msg=name)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=5e-4 * np.abs(ref).max(), err_msg=name)
         if h % opts["stride"] or w % opts["stride"]:   # the "shift" variant is a different map there
             assert np.abs(other - ref).max() > 0.05 * np.abs(ref).max(), name
 

@@ -1,4 +1,5 @@
 """Expert review server and summary: security, ratings files, statistics vs. independent references."""
+import contextlib
 import datetime
 import json
 import os
@@ -520,3 +521,93 @@ def test_items_with_nan_scores_keep_the_page_working(tmp_path, running):
         assert items[2]["flags"] == ["nonfinite_input"]
     finally:
         srv.close()
+
+
+# --- the review server fed by real `explain_to_dir` output (not a hand-written index.json) ---
+
+def real_explain_run(root, kind, seed, n=4):
+    """WORKDIR/explain/test written by cervix_jax.explain.explain_to_dir on a freshly initialised
+    tiny model ("tiny": configs/tiny.py's CNN, CAM + CRM) or paper A's patch model ("patch": CRM only,
+    plus its own "weights" map). Image 1 of the tiny run has a NaN pixel."""
+    import jax
+    import ml_collections as mlc
+    from cervix_jax.explain import explain_to_dir
+    from cervix_jax.train import task_patch, task_tiny
+    rng = np.random.default_rng(seed)
+    if kind == "tiny":
+        from configs.tiny import get_config
+        config = get_config()
+        task, methods = task_tiny.make(config), ("cam", "crm")
+        shape = tuple(config.data.pad_to)
+    else:
+        config = mlc.ConfigDict({"data": {"pad_to": (16, 24)}, "model": {
+            "name": "patch", "patch_size": 8, "aggregation": "mean", "mlp_hidden": (16, 8),
+            "regulator": "iterative", "reg_lambda": 0.5, "eps_w": 1e-3, "eig_floor": 0.25}})
+        task, methods = task_patch.make(config), ("crm",)
+        shape = tuple(config.data.pad_to)
+    model = task.explainable(task.init(jax.random.PRNGKey(seed), (*shape, 3)))
+    examples = []
+    for i in range(n):
+        image = rng.uniform(0, 1, (*shape, 3)).astype(np.float32)
+        display = (image * 255).astype(np.uint8)
+        if kind == "tiny" and i == 1:
+            image[2, 3, 0] = np.nan
+        examples.append({"image": image, "display": display, "label": i % 2, "id": 40 + i})
+    out = os.path.join(root, "explain", "test")
+    with pytest.warns(UserWarning) if kind == "tiny" else contextlib.nullcontext():
+        explain_to_dir(model, examples, out, methods=methods, batch_size=n, auc_steps=2)
+    return out
+
+
+def test_review_of_a_real_explain_run_blind(tmp_path, seed):
+    out = real_explain_run(str(tmp_path), "tiny", seed)
+    srv = Running(str(tmp_path), blind=True)
+    try:
+        code, body = srv.get("/api/items?reviewer=alice&all=1")
+        assert code == 200
+        data = strict_json(body)
+        assert [it["id"] for it in data["items"]] == ["40", "41", "42", "43"]
+        assert b"cam" not in body.lower() and b"crm" not in body.lower()
+        nan_item = data["items"][1]
+        assert nan_item["score"] is None and nan_item["pred"] is None and not nan_item["correct"]
+        assert "nonfinite_input" in nan_item["flags"]
+        for it in data["items"]:
+            code, png = srv.get(it["image"])
+            assert code == 200 and png == open(os.path.join(out, "images", f"{it['id']}.png"), "rb").read()
+            maps = {m: open(os.path.join(out, "maps", m, f"{it['id']}.png"), "rb").read() for m in METHODS}
+            shown = {}
+            for p in it["panels"]:
+                code, shown[p["position"]] = srv.get(p["map"])
+                assert code == 200 and shown[p["position"]] in maps.values()
+                assert srv.post({"reviewer": "alice", "image": it["id"], "position": p["position"],
+                                 "answer": "meaningful"})[0] == 200
+            assert len(shown) == 2
+        for r in read_lines(str(tmp_path), "alice"):     # the recorded explainer is the one shown
+            code, png = srv.get(f"/api/panel/{r['image']}/{r['position']}?reviewer=alice")
+            assert png == open(os.path.join(out, "maps", r["explainer"], f"{r['image']}.png"), "rb").read()
+    finally:
+        srv.close()
+    s = summarize(str(tmp_path))
+    assert s["n_items"] == 4 and s["reviewers"]["alice"]["explainers"]["crm"]["rated"] == 4
+    strict_json((tmp_path / "review" / "summary.json").read_bytes())
+
+
+def test_review_of_a_real_single_method_patch_run(tmp_path, seed):
+    out = real_explain_run(str(tmp_path), "patch", seed)
+    index = strict_json(open(os.path.join(out, "index.json"), "rb").read())
+    assert index["methods"] == ["crm", "weights"]
+    srv = Running(str(tmp_path))
+    try:
+        data = strict_json(srv.get("/api/items?reviewer=bob&all=1")[1])
+        assert len(data["items"]) == 4
+        for it in data["items"]:
+            assert [(p["position"], p["explainer"], p["label"]) for p in it["panels"]] == [(0, "crm", "CRM")]
+            code, png = srv.get(it["panels"][0]["map"])
+            assert code == 200 and png == open(os.path.join(out, "maps", "crm", f"{it['id']}.png"), "rb").read()
+            assert srv.post({"reviewer": "bob", "image": it["id"], "position": 0, "answer": "out_of_roi"})[0] == 200
+            assert srv.post({"reviewer": "bob", "image": it["id"], "position": 1, "answer": "meaningful"})[0] == 400
+        assert len(strict_json(srv.get("/api/items?reviewer=bob&all=1")[1])["done"]) >= 2
+    finally:
+        srv.close()
+    s = summarize(str(tmp_path))
+    assert s["methods"] == ["crm"] and s["reviewers"]["bob"]["explainers"]["crm"]["misplaced"] == 4

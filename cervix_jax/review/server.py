@@ -279,10 +279,18 @@ class ReviewState:
             "id": image_id, "label": int(item["label"]), "label_name": name(item["label"]),
             "pred": pred, "pred_name": name(pred),
             "score": finite_or_none(item["score"]), "correct": bool(item["correct"]),
-            "flags": [str(f) for f in item.get("flags") or []],
+            "flags": self.flags_view(item),
             "image": f"/api/image/{quoted}",
             "referral": is_referral_item(item, names), "panels": panels,
         }
+
+    def flags_view(self, item):
+        """The item's flags (e.g. "nonfinite_input"); when blind, without the method names that
+        per-method flags ("nonfinite_map:cam") carry."""
+        flags = [str(f) for f in item.get("flags") or []]
+        if self.blind:
+            flags = list(dict.fromkeys(f.split(":")[0] for f in flags))
+        return flags
 
     def answers(self, reviewer):
         """(Last answers of a reviewer on this split: {image: {"panels": {pos: answer}, "referral":
