@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from cervix_jax.explain import evaluate, postprocess
+from cervix_jax.explain import faithfulness, postprocess
 from cervix_jax.explain.registry import explain, supports
 from cervix_jax.models.parts import with_valid
 from cervix_jax.viz.overlay import write_grid, write_png
@@ -48,16 +48,16 @@ def _batch_fn(model, methods, threshold, auc_steps):
         for method in methods:
             raw = explain(method, m, image, target=pred)
             heat = postprocess.heatmap(raw, image.shape[:2], valid=valid)
-            metrics = {"roi_area": evaluate.roi_area(heat, threshold, valid)}
+            metrics = {"roi_area": faithfulness.roi_area(heat, threshold, valid)}
             for name in MASKS:
                 mask = masks[name]
                 has = (has_masks > 0) & (mask.sum() > 0)
                 metrics[f"pointing_game_{name}"] = jnp.where(
-                    has, evaluate.pointing_game(heat, mask, valid), jnp.nan)
-                metrics[f"iou_{name}"] = jnp.where(has, evaluate.iou(heat, mask, threshold, valid), jnp.nan)
-            metrics["deletion_auc"] = evaluate.deletion(score_fn, image, heat, steps=auc_steps,
+                    has, faithfulness.pointing_game(heat, mask, valid), jnp.nan)
+                metrics[f"iou_{name}"] = jnp.where(has, faithfulness.iou(heat, mask, threshold, valid), jnp.nan)
+            metrics["deletion_auc"] = faithfulness.deletion(score_fn, image, heat, steps=auc_steps,
                                                         valid=valid)[1]
-            metrics["insertion_auc"] = evaluate.insertion(score_fn, image, heat, steps=auc_steps,
+            metrics["insertion_auc"] = faithfulness.insertion(score_fn, image, heat, steps=auc_steps,
                                                           valid=valid)[1]
             out["maps"][method] = postprocess.to_uint8(heat)
             out["overlays"][method] = postprocess.jet_overlay(display, heat, ALPHA, threshold)
