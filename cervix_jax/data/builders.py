@@ -142,7 +142,8 @@ class SyntheticCervix(_ArrayRecordBuilder):
         cfg = self.builder_config.synthetic
         return tfds.core.DatasetInfo(
             builder=self, description=__doc__ + f"\nlabel = {cfg.label}; " + self.builder_config.description,
-            features=_features((cfg.height, cfg.width), _synthetic_extra((cfg.height, cfg.width))), homepage="https://example.invalid/cervix-jax",
+            features=_features((cfg.height, cfg.width), _synthetic_extra((cfg.height, cfg.width))),
+            homepage="https://example.invalid/cervix-jax",
             disable_shuffling=True)
 
     def _split_generators(self, dl_manager):

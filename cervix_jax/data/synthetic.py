@@ -417,14 +417,15 @@ def _group_params(config: SyntheticConfig, group: int, label: int, attempt: int)
     ex, ey = _extent(cervix)
     room = {0: cx - ex, 1: W - (cx + ex), 2: cy - ey, 3: H - (cy + ey)}  # left, right, top, bottom
     sides = sorted(room, key=lambda sd: -room[sd] + rng.uniform(0, 0.05 * s0))
-    walls = []
+    walls, visible = [], []
     for j in range(_choice(rng, WALL_COUNT_PROBS) + 1):
         side = sides[j]
         extent = 2 * (ex if side < 2 else ey)
         if j == 0 and reason == 9:
             depth = rng.uniform(0.15, 0.3) * extent        # how far over the cervix the wall reaches
-        else:
-            depth = -min(room[side] - 0.02 * s0, rng.uniform(3 * gap, max(3 * gap, 0.5 * room[side])))
+        else:  # never near the cervix, so that no draw is rejected for it (which would tie the count to
+            # the label); with little room the fold stays outside the frame and is not counted as visible
+            depth = -rng.uniform(3 * gap, max(3 * gap, 0.6 * room[side]))
         A, B = rng.uniform(0.5, 0.8) * s0, rng.uniform(0.6, 1.0) * max(H, W)
         along = rng.normal(0, 0.15) * (H if side < 2 else W)
         if side == 0:
@@ -436,6 +437,7 @@ def _group_params(config: SyntheticConfig, group: int, label: int, attempt: int)
         else:
             e = (cx + along, cy + ey - depth + A, B, A, 0.0)
         walls.append(tuple(float(v) for v in e))
+        visible.append(room[side] + depth > 0.01 * s0)  # its inner edge lies inside the frame
 
     # Speculum bars keep clear of the cervix.
     bars = []
@@ -452,6 +454,7 @@ def _group_params(config: SyntheticConfig, group: int, label: int, attempt: int)
     return dict(
         label=label, reason=reason, grades=grades, growth=growth, worst=worst, low_grades=low_grades,
         cervix=cervix, tz=tz, os=os_, bend=bend, lesions=lesions, polyp=polyp, walls=walls, bars=bars,
+        num_walls=int(sum(visible)),
         opening=(cx + rng.normal(0, 0.1 * a_c), cy + rng.normal(0, 0.1 * a_c),
                  a_c * rng.uniform(1.3, 1.8), b_c * rng.uniform(1.3, 1.8), th_c + rng.normal(0, 0.3)),
         light=(cx + rng.normal(0, 0.1 * s0), cy + rng.normal(0, 0.1 * s0), rng.uniform(0.45, 0.7) * max(H, W)),
@@ -704,7 +707,7 @@ def _render(g, cam, H, W, camera=None, with_image=True):
     for i in range(len(g["lesions"])):
         mine = lesion_ids == i
         info["lesion_visible"].append((int((lesion_vis & mine).sum()), int(mine.sum())))
-    info.update(num_bars=n_bars, num_walls=len(g["walls"]),
+    info.update(num_bars=n_bars, num_walls=g["num_walls"],
                 num_lesions=sum(v > 0 for v, _ in info["lesion_visible"]), num_mucus=len(g["mucus"]),
                 cervix_area=cervix_area)
 
