@@ -1,6 +1,6 @@
 """Synthetic cervix generation speed, as seconds per 1,000 images and as a ratio to a NumPy fill.
 
-    .venv/bin/python benchmarks/synthetic.py            # 1,000 images per row (target: <= 60 s at 1200x800, 2 workers)
+    .venv/bin/python benchmarks/synthetic.py            # 1,000 images per row (target: <= 60 s, 1200x800, 2 cores)
     .venv/bin/python benchmarks/synthetic.py --num 100  # quicker; seconds per 1,000 extrapolated
 
 Rows: 1200x800 (paper B) and 1176x1176 (paper A), W x H, with 1 and 2 worker processes
@@ -10,6 +10,7 @@ pool, a plain NumPy fill of the same arrays (the uint8 image filled with a per-i
 zeroed): the ratio generator / fill is the machine-independent number (the fill is memory-bound, so a
 heavily loaded machine slows both).
 """
+
 import argparse
 import functools
 import os
@@ -28,7 +29,7 @@ def numpy_fill(height, width, index):
     image = np.empty((height, width, 3), np.uint8)
     image[:] = rng.integers(0, 256, 3, dtype=np.uint8)
     masks = {k: np.zeros((height, width), np.uint8) for k in synthetic.MASK_KEYS + synthetic.EXTRA_MASK_KEYS}
-    masks["cervix_mask"][height // 4:-height // 4, width // 4:-width // 4] = 1
+    masks["cervix_mask"][height // 4 : -height // 4, width // 4 : -width // 4] = 1
     return {"image": image, **masks}
 
 
@@ -48,15 +49,19 @@ def main():
     rows = []
     for size in a.sizes.split(","):
         w, h = (int(v) for v in size.split("x"))
-        cfg = synthetic.SyntheticConfig(height=h, width=w, num_images=a.num, num_positive=a.num * 304 // 1033,
-                                        images_per_woman=3, seed=0)
+        cfg = synthetic.SyntheticConfig(
+            height=h, width=w, num_images=a.num, num_positive=a.num * 304 // 1033, images_per_woman=3, seed=0
+        )
         for k in a.workers:
-            gen = timed(functools.partial(synthetic.generate_example, cfg), a.num, k, f"{size} x{k} generator")
+            gen = timed(
+                functools.partial(synthetic.generate_example, cfg), a.num, k, f"{size} x{k} generator"
+            )
             fill = timed(functools.partial(numpy_fill, h, w), a.num, k, f"{size} x{k} numpy fill")
             rows.append((size, k, a.num, gen, 1000 * gen / a.num, fill, gen / fill))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average (1 min) at the end: {load:.1f} on {os.cpu_count()} cores")
-    print(f"{'W x H':>10} {'workers':>7} {'images':>6} {'seconds':>8} {'s per 1,000':>11} {'fill s':>7} {'ratio':>6}")
+    head = ("W x H", "workers", "images", "seconds", "s per 1,000", "fill s", "ratio")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (10, 7, 6, 8, 11, 7, 6))))
     for r in rows:
         print(f"{r[0]:>10} {r[1]:>7d} {r[2]:>6d} {r[3]:>8.1f} {r[4]:>11.1f} {r[5]:>7.2f} {r[6]:>6.1f}")
 

@@ -1,4 +1,5 @@
 """Shortcut audit (cervix_jax.data.audit) on a CI-sized synthetic config: bounds, a planted leak, the CLI."""
+
 import builtins
 import sys
 
@@ -11,9 +12,17 @@ from cervix_jax.data import audit, synthetic
 @pytest.fixture(scope="module")
 def data():
     from conftest import draw_seed
+
     seed = draw_seed()
-    cfg = synthetic.SyntheticConfig(height=64, width=96, num_images=600, num_positive=180, images_per_woman=3,
-                                    label="treatability", seed=seed)
+    cfg = synthetic.SyntheticConfig(
+        height=64,
+        width=96,
+        num_images=600,
+        num_positive=180,
+        images_per_woman=3,
+        label="treatability",
+        seed=seed,
+    )
     return seed, cfg, audit.collect(cfg, range(cfg.num_images), workers=2)
 
 
@@ -70,7 +79,10 @@ def test_statistics_match_numpy(data):
 
 
 def test_cli_and_errors(capsys, monkeypatch):
-    assert audit.main(["--dataset", "synthetic_cervix/tiny", "--models", "logistic", "--workers", "1"]) in (0, 1)
+    assert audit.main(["--dataset", "synthetic_cervix/tiny", "--models", "logistic", "--workers", "1"]) in (
+        0,
+        1,
+    )
     out = capsys.readouterr().out
     assert "positive control" in out and "colour moments" in out and "bounds" in out
     with pytest.raises(ValueError, match="only synthetic_cervix"):

@@ -1,4 +1,4 @@
-"""Synthetic cervix generator v2: Table 3 rules from the masks, grades, visits, boxes, placement, determinism."""
+"""Synthetic cervix generator v2: Table 3 rules from masks, grades, visits, boxes, placement, determinism."""
 import numpy as np
 import pytest
 

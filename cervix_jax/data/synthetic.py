@@ -19,6 +19,7 @@ Every example is a pure function of (config, index): the woman's anatomy comes f
 generated in any order, in parallel, or one at a time. Shapes are computed on coordinate grids over
 small windows, textures from low-resolution noise upsampled with PIL; no per-pixel Python loops.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,29 +31,35 @@ from PIL import Image, ImageFilter
 
 LABEL_SETS = ("treatability", "dysplasia")
 MASK_KEYS = ("cervix_mask", "os_mask", "tz_mask", "lesion_mask")  # the masks every builder has
-EXTRA_MASK_KEYS = ("polyp_mask",)                                   # synthetic only
+EXTRA_MASK_KEYS = ("polyp_mask",)  # synthetic only
 PLACEMENTS = ("anywhere", "centred", "off_centre")
 
 # Paper B, Table 3 (referral reasons) -> the short names of the review page; the subset rendered here.
-REASONS = {1: "endocervical_canal", 2: "fornix", 3: "too_large", 7: "tz3", 9: "vaginal_wall_close",
-           10: "large_polyp"}
+REASONS = {
+    1: "endocervical_canal",
+    2: "fornix",
+    3: "too_large",
+    7: "tz3",
+    9: "vaginal_wall_close",
+    10: "large_polyp",
+}
 # P(reason | not treatable). Reasons 4-6 and 8 are not rendered.
 REASON_PROBS = {1: 0.25, 2: 0.15, 3: 0.10, 7: 0.18, 9: 0.17, 10: 0.15}
-NOT_TREATABLE_RATE = 0.3       # P(reason > 0) when treatability is not the config's label
+NOT_TREATABLE_RATE = 0.3  # P(reason > 0) when treatability is not the config's label
 GRADE_PROBS = (0.15, 0.35, 0.25, 0.20, 0.05)  # cin_grade 0..4 when dysplasia is not the config's label
-GRADE_NEG_PROBS = (0.3, 0.7)                  # grades 0, 1 of a dysplasia-negative woman
-GRADE_POS_PROBS = (0.45, 0.45, 0.10)          # grades 2, 3, 4 of a dysplasia-positive woman
-GRADE_STEP_RATE = 0.25         # P(the worst lesion's grade rises by one at a visit)
-LESION_GROWTH = (0.0, 0.08)    # per-visit relative growth of every lesion's semi-axes, uniform
-LESION_COUNT_PROBS = (0.5, 0.35, 0.15)   # 1, 2, 3 lesions (every woman)
-WALL_COUNT_PROBS = (0.6, 0.4)            # 1, 2 lateral wall folds (every woman)
-BAR_COUNT_PROBS = (0.3, 0.4, 0.3)        # 0, 1, 2 speculum bars (every woman, when distractors)
-MUCUS_COUNT_PROBS = (0.4, 0.4, 0.2)      # 0, 1, 2 mucus blobs (every image)
-POLYP_RATE = 0.3               # P(a polyp of any size), the same in both classes
+GRADE_NEG_PROBS = (0.3, 0.7)  # grades 0, 1 of a dysplasia-negative woman
+GRADE_POS_PROBS = (0.45, 0.45, 0.10)  # grades 2, 3, 4 of a dysplasia-positive woman
+GRADE_STEP_RATE = 0.25  # P(the worst lesion's grade rises by one at a visit)
+LESION_GROWTH = (0.0, 0.08)  # per-visit relative growth of every lesion's semi-axes, uniform
+LESION_COUNT_PROBS = (0.5, 0.35, 0.15)  # 1, 2, 3 lesions (every woman)
+WALL_COUNT_PROBS = (0.6, 0.4)  # 1, 2 lateral wall folds (every woman)
+BAR_COUNT_PROBS = (0.3, 0.4, 0.3)  # 0, 1, 2 speculum bars (every woman, when distractors)
+MUCUS_COUNT_PROBS = (0.4, 0.4, 0.2)  # 0, 1, 2 mucus blobs (every image)
+POLYP_RATE = 0.3  # P(a polyp of any size), the same in both classes
 # Rule thresholds (fractions of the cervix area, pixels after the camera).
-TOO_LARGE, NOT_TOO_LARGE = 0.40, 0.25    # union of lesions / cervix
-WALL_OVER = 0.05                          # wall over the cervix / cervix
-POLYP_LARGE, POLYP_SMALL = 0.025, 0.012   # polyp / cervix
+TOO_LARGE, NOT_TOO_LARGE = 0.40, 0.25  # union of lesions / cervix
+WALL_OVER = 0.05  # wall over the cervix / cervix
+POLYP_LARGE, POLYP_SMALL = 0.025, 0.012  # polyp / cervix
 _MAX_JITTER_TRIES = 6
 _MAX_GROUP_TRIES = 30
 
@@ -67,6 +74,7 @@ class SyntheticConfig:
     the cervix anywhere in the frame, near the centre ("centred", paper A) or away from it
     ("off_centre", for regulator tests).
     """
+
     height: int = 128
     width: int = 192
     num_images: int = 48
@@ -82,18 +90,28 @@ class SyntheticConfig:
         if self.label not in LABEL_SETS:
             raise ValueError(f"SyntheticConfig.label: expected one of {LABEL_SETS}, found {self.label!r}")
         if min(self.height, self.width) < 32:
-            raise ValueError(f"SyntheticConfig: height and width must be >= 32, found {self.height}x{self.width}")
+            raise ValueError(
+                f"SyntheticConfig: height and width must be >= 32, found {self.height}x{self.width}"
+            )
         if not 0 <= self.num_positive <= self.num_images or self.num_images < 1:
-            raise ValueError(f"SyntheticConfig: need 0 <= num_positive <= num_images and num_images >= 1, "
-                             f"found num_positive={self.num_positive}, num_images={self.num_images}")
+            raise ValueError(
+                f"SyntheticConfig: need 0 <= num_positive <= num_images and num_images >= 1, "
+                f"found num_positive={self.num_positive}, num_images={self.num_images}"
+            )
         if self.images_per_woman < 1:
-            raise ValueError(f"SyntheticConfig.images_per_woman: expected >= 1, found {self.images_per_woman}")
+            raise ValueError(
+                f"SyntheticConfig.images_per_woman: expected >= 1, found {self.images_per_woman}"
+            )
         lo, hi = self.lesion_size
         if not 0.03 <= lo <= hi <= 0.3:
-            raise ValueError(f"SyntheticConfig.lesion_size: expected 0.03 <= min <= max <= 0.3 (fractions of "
-                             f"the cervix semi-axis), found {self.lesion_size}")
+            raise ValueError(
+                f"SyntheticConfig.lesion_size: expected 0.03 <= min <= max <= 0.3 (fractions of "
+                f"the cervix semi-axis), found {self.lesion_size}"
+            )
         if self.placement not in PLACEMENTS:
-            raise ValueError(f"SyntheticConfig.placement: expected one of {PLACEMENTS}, found {self.placement!r}")
+            raise ValueError(
+                f"SyntheticConfig.placement: expected one of {PLACEMENTS}, found {self.placement!r}"
+            )
 
     @property
     def num_women(self) -> int:
@@ -124,6 +142,7 @@ def _visits(config: SyntheticConfig) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------
 # Geometry helpers (all vectorised over a window of pixel centres).
+
 
 def _rot(theta):
     return np.cos(theta), np.sin(theta)
@@ -220,8 +239,10 @@ def _empty(win):
 def _grid(win):
     """Pixel-centre coordinates x [1, w], y [h, 1] of a window."""
     y0, y1, x0, x1 = win
-    return ((np.arange(x0, x1, dtype=np.float32) + 0.5)[None, :],
-            (np.arange(y0, y1, dtype=np.float32) + 0.5)[:, None])
+    return (
+        (np.arange(x0, x1, dtype=np.float32) + 0.5)[None, :],
+        (np.arange(y0, y1, dtype=np.float32) + 0.5)[:, None],
+    )
 
 
 def _grid_d(win, e, bend=0.0):
@@ -232,11 +253,12 @@ def _grid_d(win, e, bend=0.0):
 # ----------------------------------------------------------------------------------------------
 # Noise: white noise on a coarse scene canvas, upsampled (bicubic) into any image window.
 
+
 @dataclasses.dataclass(frozen=True)
 class _Noise:
     field: np.ndarray  # float32 [h, w] on the scene canvas
-    cell: float        # scene pixels per canvas cell
-    margin: float      # scene pixels of canvas outside the image on each side
+    cell: float  # scene pixels per canvas cell
+    margin: float  # scene pixels of canvas outside the image on each side
 
 
 def _make_noise(rng, H, W, cell):
@@ -263,6 +285,7 @@ def _sample(noise: _Noise, win, cam, H, W, out_shape=None):
 # ----------------------------------------------------------------------------------------------
 # Women (groups): labels first, then anatomy drawn to realise them.
 
+
 def _choice(rng, probs, values=None):
     p = np.asarray(probs, np.float64)
     i = int(rng.choice(len(p), p=p / p.sum()))
@@ -275,7 +298,9 @@ def _draw_labels(config, label, rng):
     if config.label == "treatability":
         reason = _choice(rng, list(REASON_PROBS.values()), reasons) if label else 0
     else:
-        reason = _choice(rng, list(REASON_PROBS.values()), reasons) if rng.random() < NOT_TREATABLE_RATE else 0
+        reason = (
+            _choice(rng, list(REASON_PROBS.values()), reasons) if rng.random() < NOT_TREATABLE_RATE else 0
+        )
     if config.label == "dysplasia":
         if label:
             grade, lo, hi = _choice(rng, GRADE_POS_PROBS) + 2, 2, 4
@@ -306,8 +331,10 @@ def _place_cervix(rng, config, ex, ey):
     xs = (ex + m, max(ex + m, W - ex - m))
     ys = (ey + m, max(ey + m, H - ey - m))
     if config.placement == "centred":
-        return (float(np.clip(W / 2 + rng.normal(0, 0.02 * s0), *xs)),
-                float(np.clip(H / 2 + rng.normal(0, 0.02 * s0), *ys)))
+        return (
+            float(np.clip(W / 2 + rng.normal(0, 0.02 * s0), *xs)),
+            float(np.clip(H / 2 + rng.normal(0, 0.02 * s0), *ys)),
+        )
     for _ in range(50):
         cx, cy = rng.uniform(*xs), rng.uniform(*ys)
         if config.placement == "anywhere" or np.hypot(cx - W / 2, cy - H / 2) > 0.12 * s0:
@@ -375,8 +402,15 @@ def _group_params(config: SyntheticConfig, group: int, label: int, attempt: int)
     lesions = []
     if reason == 3:  # too large for ablation: covers 50-70 % of the cervix
         f = np.sqrt(rng.uniform(0.5, 0.7))
-        lesions.append((cx + rng.normal(0, 0.05) * a_c, cy + rng.normal(0, 0.05) * b_c, f * a_c, f * b_c,
-                        th_c + rng.normal(0, 0.1)))
+        lesions.append(
+            (
+                cx + rng.normal(0, 0.05) * a_c,
+                cy + rng.normal(0, 0.05) * b_c,
+                f * a_c,
+                f * b_c,
+                th_c + rng.normal(0, 0.1),
+            )
+        )
     for i in range(n_les - len(lesions)):
         a = a_c * rng.uniform(lo, hi)
         b = a * rng.uniform(0.6, 1.0)
@@ -385,7 +419,9 @@ def _group_params(config: SyntheticConfig, group: int, label: int, attempt: int)
             phi = rng.uniform(0, 2 * np.pi)
             t = rng.uniform(0.1, 0.5) * a
             lesions.append((ox + t * np.cos(phi), oy + t * np.sin(phi), s * a, s * b, rng.uniform(0, np.pi)))
-        elif i == 0 and reason == 2:  # into the fornix: crosses the cervix edge (area made up for the part outside)
+        elif (
+            i == 0 and reason == 2
+        ):  # into the fornix: crosses the cervix edge (area made up for the part outside)
             t = rng.uniform(0.25, 0.55)
             outside = (np.arccos(t) - t * np.sqrt(1 - t * t)) / np.pi
             s = 1.0 / np.sqrt(1.0 - outside)
@@ -422,7 +458,7 @@ def _group_params(config: SyntheticConfig, group: int, label: int, attempt: int)
         side = sides[j]
         extent = 2 * (ex if side < 2 else ey)
         if j == 0 and reason == 9:
-            depth = rng.uniform(0.15, 0.3) * extent        # how far over the cervix the wall reaches
+            depth = rng.uniform(0.15, 0.3) * extent  # how far over the cervix the wall reaches
         else:  # never near the cervix, so that no draw is rejected for it (which would tie the count to
             # the label); with little room the fold stays outside the frame and is not counted as visible
             depth = -rng.uniform(3 * gap, max(3 * gap, 0.6 * room[side]))
@@ -452,13 +488,35 @@ def _group_params(config: SyntheticConfig, group: int, label: int, attempt: int)
     jit = lambda sd: rng.normal(0, sd, 3)
     cervix_rgb = np.clip(np.array([215.0, 135.0, 140.0]) + jit(8), 0, 255)
     return dict(
-        label=label, reason=reason, grades=grades, growth=growth, worst=worst, low_grades=low_grades,
-        cervix=cervix, tz=tz, os=os_, bend=bend, lesions=lesions, polyp=polyp, walls=walls, bars=bars,
+        label=label,
+        reason=reason,
+        grades=grades,
+        growth=growth,
+        worst=worst,
+        low_grades=low_grades,
+        cervix=cervix,
+        tz=tz,
+        os=os_,
+        bend=bend,
+        lesions=lesions,
+        polyp=polyp,
+        walls=walls,
+        bars=bars,
         num_walls=int(sum(visible)),
-        opening=(cx + rng.normal(0, 0.1 * a_c), cy + rng.normal(0, 0.1 * a_c),
-                 a_c * rng.uniform(1.3, 1.8), b_c * rng.uniform(1.3, 1.8), th_c + rng.normal(0, 0.3)),
-        light=(cx + rng.normal(0, 0.1 * s0), cy + rng.normal(0, 0.1 * s0), rng.uniform(0.45, 0.7) * max(H, W)),
-        fold_freq=rng.uniform(2.5, 4.5), wall_freq=rng.uniform(6.0, 12.0),
+        opening=(
+            cx + rng.normal(0, 0.1 * a_c),
+            cy + rng.normal(0, 0.1 * a_c),
+            a_c * rng.uniform(1.3, 1.8),
+            b_c * rng.uniform(1.3, 1.8),
+            th_c + rng.normal(0, 0.3),
+        ),
+        light=(
+            cx + rng.normal(0, 0.1 * s0),
+            cy + rng.normal(0, 0.1 * s0),
+            rng.uniform(0.45, 0.7) * max(H, W),
+        ),
+        fold_freq=rng.uniform(2.5, 4.5),
+        wall_freq=rng.uniform(6.0, 12.0),
         pattern_angle=rng.uniform(0, np.pi),
         colors=dict(
             background=np.array([35.0, 10.0, 12.0]) + jit(4),
@@ -470,11 +528,13 @@ def _group_params(config: SyntheticConfig, group: int, label: int, attempt: int)
             dots=np.array([185.0, 85.0, 95.0]) + jit(6),
             polyp=np.clip(np.array([190.0, 55.0, 70.0]) + jit(8), 0, 255),
             mucus=np.clip(np.array([232.0, 228.0, 222.0]) + jit(4), 0, 255),
-            steel=np.clip(np.array([195.0, 200.0, 210.0]) + jit(6), 0, 255)),
+            steel=np.clip(np.array([195.0, 200.0, 210.0]) + jit(6), 0, 255),
+        ),
         noise=dict(
             coarse=_make_noise(rng, H, W, max(H, W) / 10),
             mid=_make_noise(rng, H, W, max(2.0, max(H, W) / 40)),
-            fine=_make_noise(rng, H, W, max(1.5, max(H, W) / 150))),
+            fine=_make_noise(rng, H, W, max(1.5, max(H, W) / 150)),
+        ),
     )
 
 
@@ -482,13 +542,13 @@ def _draw_bar_from_edge(rng, H, W, s0):
     side = rng.integers(4)
     L = rng.uniform(0.25, 0.6) * max(H, W)
     ang = rng.uniform(-0.6, 0.6)
-    if side == 0:    # top, pointing down
+    if side == 0:  # top, pointing down
         x0, y0, base = rng.uniform(0, W), -2.0, np.pi / 2
     elif side == 1:  # bottom, pointing up
         x0, y0, base = rng.uniform(0, W), H + 2.0, -np.pi / 2
     elif side == 2:  # left, pointing right
         x0, y0, base = -2.0, rng.uniform(0, H), 0.0
-    else:            # right, pointing left
+    else:  # right, pointing left
         x0, y0, base = W + 2.0, rng.uniform(0, H), np.pi
     c, s = _rot(base + ang)
     return (x0, y0, x0 + L * c, y0 + L * s, rng.uniform(0.03, 0.06) * s0)
@@ -500,8 +560,10 @@ def _visit_geometry(params, visit):
     f = float(params["growth"][visit])
     g["lesions"] = [(le[0], le[1], f * le[2], f * le[3], le[4]) for le in params["lesions"]]
     grade = int(params["grades"][visit])
-    g["lesion_grades"] = [grade if i == params["worst"] else int(min(grade, params["low_grades"][i]))
-                          for i in range(len(g["lesions"]))]
+    g["lesion_grades"] = [
+        grade if i == params["worst"] else int(min(grade, params["low_grades"][i]))
+        for i in range(len(g["lesions"]))
+    ]
     g["cin_grade"] = grade
     g["mucus"], g["specular"] = [], []
     return g
@@ -546,6 +608,7 @@ def _camera(params, cam, H, W):
 
 # ----------------------------------------------------------------------------------------------
 # Rendering.
+
 
 def _render(g, cam, H, W, camera=None, with_image=True):
     """Masks (and the uint8 image) for image-space geometry g. Returns (image|None, masks, info).
@@ -676,8 +739,13 @@ def _render(g, cam, H, W, camera=None, with_image=True):
         occluded[_rel(ww, cw)] |= under
         info["near"][9] |= bool((under & cervix_near[_rel(ww, cw)]).any())
         if with_image:
-            _blend(img, ww, _alpha(d_w, min(wall[2], wall[3]), 1.5 * edge), col["wall"],
-                   _wall_shade(d_w, g["wall_freq"]))
+            _blend(
+                img,
+                ww,
+                _alpha(d_w, min(wall[2], wall[3]), 1.5 * edge),
+                col["wall"],
+                _wall_shade(d_w, g["wall_freq"]),
+            )
     info["flags"][9] = bool((occluded & cervix).sum() / cervix_area >= WALL_OVER)
 
     # Speculum bars (they keep clear of the cervix, so no mask changes).
@@ -692,7 +760,7 @@ def _render(g, cam, H, W, camera=None, with_image=True):
             dist = _segment_dist(x, y, bar)
             w = bar[4]
             r = np.minimum(dist / w, 1.0)
-            shade = 0.7 + 0.45 * (1.0 - r * r) ** 4   # cylindrical specular highlight
+            shade = 0.7 + 0.45 * (1.0 - r * r) ** 4  # cylindrical specular highlight
             _blend(img, bw, np.clip(0.5 + (w - dist) / edge, 0.0, 1.0), col["steel"], shade)
 
     # Visible masks.
@@ -707,9 +775,13 @@ def _render(g, cam, H, W, camera=None, with_image=True):
     for i in range(len(g["lesions"])):
         mine = lesion_ids == i
         info["lesion_visible"].append((int((lesion_vis & mine).sum()), int(mine.sum())))
-    info.update(num_bars=n_bars, num_walls=g["num_walls"],
-                num_lesions=sum(v > 0 for v, _ in info["lesion_visible"]), num_mucus=len(g["mucus"]),
-                cervix_area=cervix_area)
+    info.update(
+        num_bars=n_bars,
+        num_walls=g["num_walls"],
+        num_lesions=sum(v > 0 for v, _ in info["lesion_visible"]),
+        num_mucus=len(g["mucus"]),
+        cervix_area=cervix_area,
+    )
 
     if with_image:  # exposure and white balance are already in the colours (_exposed)
         img *= _lighting(g, cam, H, W, 1.0)[None]
@@ -724,7 +796,7 @@ def _wall_shade(d_w, freq):
     """Shading of a lateral wall fold: a bright ridge along its inner edge, darker further out."""
     t = np.clip(1.0 - d_w, 0.0, 1.0)
     rim = np.clip(t * 8.0, 0.0, 1.0)  # the edge itself falls into shadow
-    ridge = np.exp(-((t - 0.12) * freq) ** 2)
+    ridge = np.exp(-(((t - 0.12) * freq) ** 2))
     return (0.55 + 0.45 * rim) * (0.75 + 0.35 * ridge)
 
 
@@ -745,7 +817,7 @@ def _punctation(x, y, spacing, angle, jitter):
     return np.clip((0.3 - r) * spacing * 1.5 + 0.5, 0.0, 1.0)
 
 
-BLUR_RATE = 0.3   # P(an image is out of focus): Gaussian sigma 0.6-2.0 px per 800 px of the shorter side
+BLUR_RATE = 0.3  # P(an image is out of focus): Gaussian sigma 0.6-2.0 px per 800 px of the shorter side
 NOISE_LEVELS = 6  # sensor noise standard deviation 0, 1, ..., 5 grey levels
 
 
@@ -764,14 +836,16 @@ def _camera_effects(img, camera):
         r = np.arange(size) - size // 2
         k1 = np.exp(-0.5 * (r / sigma) ** 2)
         k = np.outer(k1, k1).ravel()
-        img = np.asarray(Image.fromarray(img).filter(ImageFilter.Kernel((size, size), k.tolist(), float(k.sum()))))
+        img = np.asarray(
+            Image.fromarray(img).filter(ImageFilter.Kernel((size, size), k.tolist(), float(k.sum())))
+        )
     level = camera["noise"]
     if level == 0:
         return img
     H, W = img.shape[:2]
     oy, ox = camera["noise_offset"]
     out = img.astype(np.int16)
-    out += _noise_bank(H, W)[level, oy:oy + H, ox:ox + W]
+    out += _noise_bank(H, W)[level, oy : oy + H, ox : ox + W]
     np.clip(out, 0, 255, out=out)
     return out.astype(np.uint8)
 
@@ -827,6 +901,7 @@ def _lighting(g, cam, H, W, gain):
 # ----------------------------------------------------------------------------------------------
 # Labels and the public generator.
 
+
 def _realised(info, g) -> dict:
     """The labels an image realises: {"treatability": 0|1|None, "dysplasia": 0|1|None} (None: ambiguous,
     e.g. a lesion within a gap of the os but not on it)."""
@@ -870,15 +945,20 @@ def _woman(config: SyntheticConfig, group: int) -> dict:
                 break
         if ok:
             return params
-    raise RuntimeError(f"synthetic: could not realise label {label} for group {group} of {config} "
-                       f"in {_MAX_GROUP_TRIES} draws; the image is probably too small")
+    raise RuntimeError(
+        f"synthetic: could not realise label {label} for group {group} of {config} "
+        f"in {_MAX_GROUP_TRIES} draws; the image is probably too small"
+    )
 
 
 def _exposed(g, camera):
     """g with every colour times the camera's gain and white balance (all layers are linear in them)."""
     k = camera["gain"] * np.asarray(camera["white_balance"])
-    return dict(g, colors={name: np.asarray(rgb) * k for name, rgb in g["colors"].items()},
-                specular_rgb=np.array([252.0, 252.0, 250.0]) * k)
+    return dict(
+        g,
+        colors={name: np.asarray(rgb) * k for name, rgb in g["colors"].items()},
+        specular_rgb=np.array([252.0, 252.0, 250.0]) * k,
+    )
 
 
 def cervix_box(mask: np.ndarray) -> np.ndarray:
@@ -906,12 +986,17 @@ def generate_example_info(config: SyntheticConfig, index: int) -> tuple[dict, di
     for attempt in range(_MAX_JITTER_TRIES):
         rng = np.random.default_rng([config.seed, 2, index, attempt])
         k = 1.0 - attempt / (_MAX_JITTER_TRIES - 1)  # the last attempt has no jitter
-        cam = (float(np.exp(k * np.clip(rng.normal(0, 0.04), -0.06, 0.06))),
-               *(k * np.clip(rng.normal(0, 0.02 * s0, 2), -0.04 * s0, 0.04 * s0)))
-        camera = dict(gain=float(rng.uniform(0.8, 1.2)),
-                      white_balance=tuple(float(v) for v in np.exp(rng.normal(0, 0.06, 3))),
-                      blur=float(rng.uniform(0.6, 2.0) * s0 / 800 if rng.random() < BLUR_RATE else 0.0), noise=int(rng.integers(NOISE_LEVELS)),
-                      noise_offset=(int(rng.integers(0, 32)), int(rng.integers(0, 32))))
+        cam = (
+            float(np.exp(k * np.clip(rng.normal(0, 0.04), -0.06, 0.06))),
+            *(k * np.clip(rng.normal(0, 0.02 * s0, 2), -0.04 * s0, 0.04 * s0)),
+        )
+        camera = dict(
+            gain=float(rng.uniform(0.8, 1.2)),
+            white_balance=tuple(float(v) for v in np.exp(rng.normal(0, 0.06, 3))),
+            blur=float(rng.uniform(0.6, 2.0) * s0 / 800 if rng.random() < BLUR_RATE else 0.0),
+            noise=int(rng.integers(NOISE_LEVELS)),
+            noise_offset=(int(rng.integers(0, 32)), int(rng.integers(0, 32))),
+        )
         g = _image_extras(dict(base), rng, s0)
         g = _camera(g, cam, H, W)
         lx, ly, sig = g["light"]
@@ -948,5 +1033,5 @@ def generate_example(config: SyntheticConfig, index: int) -> dict:
 
 def generate(config: SyntheticConfig, indices: Optional[range] = None) -> Iterator[dict]:
     """Yields generate_example(config, i) for i in indices (default: every example, in order)."""
-    for i in (range(config.num_images) if indices is None else indices):
+    for i in range(config.num_images) if indices is None else indices:
         yield generate_example(config, i)
