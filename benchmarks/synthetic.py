@@ -1,6 +1,6 @@
 """Synthetic cervix generation speed, as seconds per 1,000 images and as a ratio to a NumPy fill.
 
-    .venv/bin/python benchmarks/synthetic.py            # 1,000 images per row (target <= 60 s at 1200x800, 2 cores)
+    .venv/bin/python benchmarks/synthetic.py  # 1,000 images per row (target <= 60 s at 1200x800, 2 cores)
     .venv/bin/python benchmarks/synthetic.py --num 100  # quicker; seconds per 1,000 extrapolated
 
 Rows: 1200x800 (paper B) and 1176x1176 (paper A), W x H, with 1 and 2 worker processes
