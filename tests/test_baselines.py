@@ -92,8 +92,9 @@ def _config(arch, crop="none", freeze=0, input_size=(32, 32)):
                                                    ("vgg16", "box", 2, (40, 36)),
                                                    ("inception", "none", 0, (0, 0))])
 def test_one_train_step_changes_params_and_shapes(arch, crop, freeze, size, rng):
+    # every computation under one jit each: op-by-op dispatch compiles per shape (slow on a busy CPU)
     task = task_baseline.make(_config(arch, crop, freeze, size))
-    variables = task.init(jax.random.PRNGKey(rng.integers(1 << 30)), (48, 64, 3))
+    variables = jax.jit(task.init, static_argnums=1)(jax.random.PRNGKey(rng.integers(1 << 30)), (48, 64, 3))
     b = 3
     mask = np.zeros((b, 48, 64), np.uint8)
     mask[:, 10:30, 20:50] = 1
@@ -101,12 +102,13 @@ def test_one_train_step_changes_params_and_shapes(arch, crop, freeze, size, rng)
              "label": jnp.asarray([0, 1, 1], jnp.int32), "weight": jnp.ones(b, jnp.float32),
              "id": jnp.arange(b, dtype=jnp.int32), "cervix_mask": jnp.asarray(mask)}
     size = size if size != (0, 0) else (48, 48)       # auto: the paper's 224 capped at the image's 48
-    assert task.inputs(batch).shape == (b, *size, 3)
+    inputs, boxes = jax.jit(lambda bt: (task.inputs(bt), task.batch_boxes(bt)))(batch)
+    assert inputs.shape == (b, *size, 3)
     if crop == "box":           # the oracle box (grown by 10%) resampled to the input
         box = np.array([8, 17, 32, 53], np.float32)
-        np.testing.assert_allclose(task.batch_boxes(batch)[0], box)
-        ref = B.crop_resize(batch["image"][1], box, size)
-        np.testing.assert_allclose(task.inputs(batch)[1], ref, rtol=1e-6)
+        np.testing.assert_allclose(boxes[0], box)
+        ref = jax.jit(B.crop_resize, static_argnums=2)(batch["image"][1], box, size)
+        np.testing.assert_allclose(inputs[1], ref, rtol=1e-6)
     params, frozen = variables["params"], variables["frozen"]
     opt = optax.adam(1e-2)
 
@@ -114,15 +116,15 @@ def test_one_train_step_changes_params_and_shapes(arch, crop, freeze, size, rng)
     def step(params, opt_state, key):
         (loss, aux), g = jax.value_and_grad(task.loss, has_aux=True)(params, frozen, batch, None, key)
         updates, opt_state = opt.update(g, opt_state, params)
-        return optax.apply_updates(params, updates), loss
+        new = optax.apply_updates(params, updates)
+        return new, loss, task.predict(new, frozen, batch), task.image_features(new, frozen, batch)
 
-    new, loss = step(params, opt.init(params), jax.random.PRNGKey(1))
+    new, loss, p, feats = step(params, opt.init(params), jax.random.PRNGKey(1))
     assert np.isfinite(loss)
     changed = jax.tree_util.tree_map(lambda x, y: bool(np.any(np.asarray(x) != np.asarray(y))), params, new)
     assert all(jax.tree_util.tree_leaves(changed)), changed
-    p = task.predict(new, frozen, batch)
     assert p.shape == (b,) and np.all((p > 0) & (p < 1))
-    assert task.image_features(new, frozen, batch).shape[0] == b
+    assert feats.shape[0] == b
     frozen_layers = set(frozen)
     assert frozen_layers == {f"Conv_{i}" for i in range(4)} if freeze == 2 else not frozen_layers
     assert not frozen_layers & set(params)
@@ -164,9 +166,9 @@ def test_vgg16_converter_matches_torchvision_golden(vgg16_golden):
     module, variables = vgg16_from_torchvision(sd)
     assert module.num_outputs == 1000 and module.fc_width == 4096
     x = jnp.asarray(g["input"])
-    features = module.apply(variables, x, method=B.VGG16.features)
+    features, logits = jax.jit(lambda v, x: (module.apply(v, x, method=B.VGG16.features),
+                                             module.apply(v, x)))(variables, x)
     np.testing.assert_allclose(features, g["features"], rtol=1e-4, atol=1e-4 * np.abs(g["features"]).max())
-    logits = module.apply(variables, x)
     np.testing.assert_allclose(logits, g["logits"], rtol=1e-4, atol=1e-4 * np.abs(g["logits"]).max())
 
     # strict: a missing and an unexpected key are both named; the head is ignored only on request
@@ -186,7 +188,7 @@ def test_vgg16_task_freezes_converted_blocks(vgg16_golden, monkeypatch, rng):
     c = _config("vgg16", freeze=3)
     c.model.update(width=1.0, fc_width=4096, checkpoint="vgg16.pth")
     task = task_baseline.make(c)
-    variables = task.init(jax.random.PRNGKey(rng.integers(1 << 30)), (48, 64, 3))
+    variables = task.init(jax.random.PRNGKey(rng.integers(1 << 30)), (48, 64, 3))     # reads the state dict
     frozen, params = variables["frozen"], variables["params"]
     assert set(frozen) == {f"Conv_{i}" for i in range(7)}
     np.testing.assert_array_equal(frozen["Conv_4"]["kernel"], sd["features.10.weight"].transpose(2, 3, 1, 0))

@@ -122,7 +122,8 @@ class BaselineTask:
     def init(self, rng, image_shape):
         if tuple(image_shape[:2]) != self.image_hw:
             raise ValueError(f"BaselineTask.init: image {image_shape}, config.data.pad_to {self.image_hw}")
-        params = self.module.init(rng, jnp.zeros((1, *self.input_hw, 3), jnp.float32))["params"]
+        # one jitted init (op-by-op init compiles one program per parameter shape)
+        params = jax.jit(self.module.init)(rng, jnp.zeros((1, *self.input_hw, 3), jnp.float32))["params"]
         if self.checkpoint:
             from cervix_jax.convert.cli import read_state_dict
             from cervix_jax.convert.torchvision import vgg16_from_torchvision
