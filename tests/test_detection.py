@@ -156,7 +156,8 @@ def test_targets_and_loss_against_numpy(rng):
     labels = rng.integers(0, C, (2, 3))
     targets = jax.jit(lambda an, g, l, v, hw: det.detection_targets(an, g, l, v, C, box_style="torchvision",
                                                                    valid_hw=hw))
-    t = targets(anchors.astype(np.float32), gt, labels, valid, jnp.asarray([[63, 95], [61, 83]], jnp.float32))  # no centre on an edge
+    valid_hw = jnp.asarray([[63, 95], [61, 83]], jnp.float32)      # no anchor centre on an edge
+    t = targets(anchors.astype(np.float32), gt, labels, valid, valid_hw)
     logits = rng.normal(0, 2, (2, A, C)).astype(np.float32)
     deltas = rng.normal(0, 0.5, (2, A, 4)).astype(np.float32)
     total, aux = jax.jit(lambda *a: det.retinanet_loss(*a, box_loss="l1"))(logits, deltas, t)
@@ -184,7 +185,8 @@ def test_targets_and_loss_against_numpy(rng):
     np.testing.assert_allclose(float(total), (cls_sum + box_sum) / n_pos, rtol=1e-4)
     # Padded-only images: no positives, finite loss and gradients.
     t0 = jax.jit(lambda *a: det.detection_targets(*a, C, box_style="torchvision"))(
-        anchors.astype(np.float32), np.zeros((1, 2, 4), np.float32), np.zeros((1, 2), int), np.zeros((1, 2), bool))
+        anchors.astype(np.float32), np.zeros((1, 2, 4), np.float32), np.zeros((1, 2), int),
+        np.zeros((1, 2), bool))
     g = jax.jit(jax.grad(lambda x, d: det.retinanet_loss(x, d, t0)[0], argnums=(0, 1)))(
         jnp.asarray(logits[:1]), jnp.asarray(deltas[:1]))
     assert all(np.isfinite(x).all() for x in g) and float(t0["state"].max()) == 0
@@ -195,8 +197,11 @@ def test_focal_loss_and_smooth_l1_against_numpy(rng):
     t = rng.integers(0, 2, (50, 3))
     for alpha, gamma in [(0.25, 2.0), (0.5, 1.5)]:
         p = 1 / (1 + np.exp(-x))
-        ref = np.where(t == 1, alpha * (1 - p) ** gamma * -np.log(p), (1 - alpha) * p ** gamma * -np.log(1 - p))
-        got = jax.jit(lambda a, b, alpha=alpha, gamma=gamma: det.focal_loss(a.astype(jnp.float32), b, alpha=alpha, gamma=gamma))(
+        ref = np.where(t == 1, alpha * (1 - p) ** gamma * -np.log(p),
+                       (1 - alpha) * p ** gamma * -np.log(1 - p))
+        def fl(a, b, alpha=alpha, gamma=gamma):
+            return det.focal_loss(a.astype(jnp.float32), b, alpha=alpha, gamma=gamma)
+        got = jax.jit(fl)(
             jnp.asarray(x, jnp.bfloat16), t)
         assert got.dtype == jnp.float32 and got.shape == x.shape
         xb = np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32), np.float64)
@@ -207,7 +212,8 @@ def test_focal_loss_and_smooth_l1_against_numpy(rng):
         assert np.abs(ref - refb).max() < 0.1 * np.abs(ref).max()
     d = rng.normal(0, 0.3, 100)
     beta = 1 / 9
-    assert jax.eval_shape(det.focal_loss, jnp.zeros((2, 3), jnp.bfloat16), jnp.zeros((2, 3))).dtype == jnp.float32
+    bf16 = jnp.zeros((2, 3), jnp.bfloat16)
+    assert jax.eval_shape(det.focal_loss, bf16, jnp.zeros((2, 3))).dtype == jnp.float32
     np.testing.assert_allclose(jax.jit(det.smooth_l1)(d), np.where(np.abs(d) < beta, 0.5 * d ** 2 / beta,
                                                           np.abs(d) - 0.5 * beta), rtol=1e-5, atol=1e-7)
 
@@ -256,8 +262,8 @@ def pycocotools_stats(dets, gts):
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(l),
                          "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0})
         for b, s, l in zip(d["boxes"], d["scores"], d["labels"]):
-            res.append({"image_id": i + 1, "category_id": int(l), "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                        "score": float(s)})
+            res.append({"image_id": i + 1, "category_id": int(l), "score": float(s),
+                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
     cats = sorted({int(l) for g in gts for l in g["labels"]} | {int(l) for d in dets for l in d["labels"]})
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
@@ -293,3 +299,40 @@ def test_coco_ap_equals_pycocotools(rng):
         got = det.coco_ap(dets, gts)
         np.testing.assert_allclose([got["AP"], got["AP50"], got["AP75"]], ref, atol=1e-12)
     assert got["AP50"] > 0
+
+
+# --- torchvision golden: AnchorGenerator and BoxCoder ---------------------------------------------------
+
+def test_torchvision_anchors_and_decoding_equal_golden():
+    """Odd image sizes (strides = image side // feature side), real feature maps of torchvision's backbone."""
+    import pathlib
+    z = np.load(pathlib.Path(__file__).parent / "golden" / "torchvision_anchors.npz")
+    for h, w in z["sizes"]:
+        assert [tuple(s) for s in z[f"features_{h}x{w}"]] == det.feature_shapes((h, w))
+        np.testing.assert_array_equal(det.anchors_for_shape((h, w), "torchvision"), z[f"anchors_{h}x{w}"])
+    anchors, codes, ref = z["decode_anchors"], z["decode_codes"], z["decode_boxes"]
+    assert (codes[:, 2:] > np.log(1000 / 16)).any()               # the clamp is exercised
+    np.testing.assert_allclose(det.decode_boxes(anchors.astype(np.float64), codes.astype(np.float64),
+                                                style="torchvision"), ref, rtol=1e-5, atol=1e-3)
+    got = jax.jit(lambda a, c: det.decode_boxes(a, c, style="torchvision"))(anchors, codes)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-3)
+
+
+def test_mask_to_box_and_image_scores(rng):
+    masks = np.zeros((4, 20, 30), bool)
+    masks[0, 3:9, 5:6] = True
+    masks[1, 0:20, 29] = True
+    masks[2, 7, 11] = masks[2, 15, 2] = True
+    boxes, valid = det.mask_to_box(masks)
+    np.testing.assert_array_equal(boxes, [[5, 3, 6, 9], [29, 0, 30, 20], [2, 7, 12, 16], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(valid, [True, True, True, False])
+    jb, jv = jax.jit(det.mask_to_box)(jnp.asarray(masks))
+    np.testing.assert_array_equal(jb, boxes)
+    np.testing.assert_array_equal(jv, valid)
+    logits = rng.normal(0, 2, (3, 50, 2))
+    p = 1 / (1 + np.exp(-logits))
+    top = p.max(-1).argmax(-1)
+    s = p.max(1)
+    refs = {"top_anchor": p[np.arange(3), top, 1], "max_class": s[:, 1], "ratio": s[:, 1] / s.sum(1)}
+    for rule, ref in refs.items():
+        np.testing.assert_allclose(jax.jit(det.image_scores, static_argnums=1)(logits, rule), ref, rtol=1e-5)

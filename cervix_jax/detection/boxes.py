@@ -103,14 +103,19 @@ def clip_boxes(boxes, image_hw):
     return xp.clip(boxes, 0, hi)
 
 
-def mask_to_box(mask) -> np.ndarray:
-    """Binary mask [H, W] -> its bounding box (x1, y1, x2, y2) in pixels (x2/y2 exclusive: one past the
-    last pixel, so a one-pixel mask has size 1); all zeros -> (0, 0, 0, 0)."""
-    mask = np.asarray(mask) > 0
-    if not mask.any():
-        return np.zeros(4, np.float32)
-    ys, xs = np.nonzero(mask)
-    return np.asarray([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+def mask_to_box(mask):
+    """Binary masks [..., H, W] -> (bounding boxes [..., 4] float32 (x1, y1, x2, y2), valid [...] bool).
+    x2, y2 are one past the last pixel (a one-pixel mask has size 1); an empty mask gives (0, 0, 0, 0),
+    valid False. NumPy in, NumPy out; JAX in, JAX out (jit-friendly)."""
+    xp = _xp(mask)
+    mask = mask > 0
+    rows, cols = mask.any(axis=-1), mask.any(axis=-2)              # [..., H], [..., W]
+    h, w = rows.shape[-1], cols.shape[-1]
+    y1, x1 = xp.argmax(rows, axis=-1), xp.argmax(cols, axis=-1)
+    y2, x2 = h - xp.argmax(rows[..., ::-1], axis=-1), w - xp.argmax(cols[..., ::-1], axis=-1)
+    valid = rows.any(axis=-1)
+    box = xp.stack([x1, y1, x2, y2], axis=-1).astype(xp.float32)
+    return xp.where(valid[..., None], box, 0).astype(xp.float32), valid
 
 
 __all__ = [

@@ -6,6 +6,8 @@ clipped to the image, per-class NMS at `nms_iou`, at most `max_detections` kept,
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from cervix_jax.detection import boxes as box_ops
@@ -56,3 +58,29 @@ def detections_from_outputs(cls_logits, box_deltas, anchors, *, box_style: str, 
     keep = batched_nms(boxes, flat[idx], labels, nms_iou)[:max_detections]
     return {"boxes": boxes[keep].astype(np.float32), "scores": flat[idx][keep].astype(np.float32),
             "labels": labels[keep].astype(np.int64)}
+
+
+SCORE_RULES = ("top_anchor", "max_class", "ratio")
+
+
+def image_scores(cls_logits, rule: str = "top_anchor"):
+    """Image-level probability of class 1 ("not treatable") from a detector's logits [B, A, C] (jnp).
+
+    "top_anchor"  the class-1 probability of the top-scoring anchor (the anchor whose best class
+                  probability is highest): the label and score of the image's top detection, which
+                  is how a detector that finds one cervix per image classifies it (NMS never
+                  removes the top box, so no NMS is needed). Default.
+    "max_class"   max over anchors of the class-1 probability (the best "not treatable" detection,
+                  wherever the top detection is).
+    "ratio"       s_1 / (s_0 + s_1) with s_c = max over anchors of the class-c probability.
+    """
+    if rule not in SCORE_RULES:
+        raise ValueError(f"image_scores: rule expected one of {SCORE_RULES}, found {rule!r}")
+    p = jax.nn.sigmoid(jnp.asarray(cls_logits, jnp.float32))
+    if rule == "top_anchor":
+        top = jnp.argmax(p.max(axis=-1), axis=-1)
+        return jnp.take_along_axis(p[..., 1], top[:, None], axis=1)[:, 0]
+    s = p.max(axis=1)
+    if rule == "max_class":
+        return s[:, 1]
+    return s[:, 1] / jnp.maximum(s[:, 0] + s[:, 1], 1e-12)
