@@ -55,19 +55,19 @@ def run(mode: str, config, workdir: Path) -> dict:
         from cervix_jax.train.evaluate import evaluate
         return evaluate(config, workdir)
     if mode == "explain":
-        from cervix_jax.train.evaluate import explain
-        return {"explain_dir": str(explain(config, workdir))}
+        from cervix_jax.train.evaluate import explain_split
+        return {"explain_dir": str(explain_split(config, workdir))}
     if mode == "sweep":
         from cervix_jax.train.sweep import sweep
         return sweep(config, workdir)
     if mode == "demo":
-        from cervix_jax.train.evaluate import evaluate, explain
+        from cervix_jax.train.evaluate import evaluate, explain_split
         from cervix_jax.train.loop import train
         out = {"prepare": prepare(config), "train": train(config, workdir)}
         if out["train"]["status"] == "interrupted":
             return out
         out["eval"] = evaluate(config, workdir)
-        out["explain_dir"] = str(explain(config, workdir))
+        out["explain_dir"] = str(explain_split(config, workdir))
         return out
     raise app.UsageError(f"mode: expected one of {MODES}, found {mode!r}")
 
