@@ -154,7 +154,7 @@ def test_targets_and_loss_against_numpy(rng):
     valid = np.array([[True, True, False], [True, False, False]])
     gt[~valid] = 0
     labels = rng.integers(0, C, (2, 3))
-    targets = jax.jit(lambda an, g, l, v, hw: det.detection_targets(an, g, l, v, C, box_style="torchvision",
+    targets = jax.jit(lambda an, g, lab, v, hw: det.detection_targets(an, g, lab, v, C, box_style="torchvision",
                                                                    valid_hw=hw))
     valid_hw = jnp.asarray([[63, 95], [61, 83]], jnp.float32)      # no anchor centre on an edge
     t = targets(anchors.astype(np.float32), gt, labels, valid, valid_hw)
@@ -257,14 +257,14 @@ def pycocotools_stats(dets, gts):
     images, anns, res = [], [], []
     for i, (d, g) in enumerate(zip(dets, gts)):
         images.append({"id": i + 1, "width": 500, "height": 500})
-        for b, l in zip(g["boxes"], g["labels"]):
+        for b, lab in zip(g["boxes"], g["labels"]):
             w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(l),
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(lab),
                          "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0})
-        for b, s, l in zip(d["boxes"], d["scores"], d["labels"]):
-            res.append({"image_id": i + 1, "category_id": int(l), "score": float(s),
+        for b, s, lab in zip(d["boxes"], d["scores"], d["labels"]):
+            res.append({"image_id": i + 1, "category_id": int(lab), "score": float(s),
                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
-    cats = sorted({int(l) for g in gts for l in g["labels"]} | {int(l) for d in dets for l in d["labels"]})
+    cats = sorted({int(c) for g in gts for c in g["labels"]} | {int(c) for d in dets for c in d["labels"]})
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": c} for c in cats]}

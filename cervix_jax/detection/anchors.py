@@ -27,7 +27,7 @@ NUM_ANCHORS = len(RATIOS) * len(SCALES)      # anchors per position
 def feature_shapes(image_hw, levels=LEVELS) -> list[tuple[int, int]]:
     """Feature map (h, w) per level: ceil(side / 2^level) (what 'SAME' and torch's padded convs give)."""
     h, w = (int(s) for s in image_hw)
-    return [(-(-h // 2 ** l), -(-w // 2 ** l)) for l in levels]
+    return [(-(-h // 2 ** lv), -(-w // 2 ** lv)) for lv in levels]
 
 
 def _keras_base(size: float, ratios, scales) -> np.ndarray:

@@ -64,6 +64,6 @@ def detection_targets(anchors, gt_boxes, gt_labels, gt_valid, num_classes: int, 
         return cls, box, state
 
     hw = valid_hw if valid_hw is not None else jnp.zeros((gt_boxes.shape[0], 2), jnp.float32)
-    fn = one if valid_hw is not None else (lambda b, l, v, _: one(b, l, v, None))
+    fn = one if valid_hw is not None else (lambda b, lab, v, _: one(b, lab, v, None))
     cls, box, state = jax.vmap(fn)(gt_boxes.astype(jnp.float32), gt_labels, gt_valid, hw)
     return {"cls": cls, "box": box, "state": state}
