@@ -35,7 +35,7 @@ def test_tiny_retinanet_heads_against_numpy(seed, head_norm, hw):
     m = retinanet._RetinaNetTiny(head_norm=head_norm, head_width=width, head_depth=2, num_classes=3)
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(2, *hw, 3)).astype(np.float32)
-    variables = randomize(m.init(jax.random.PRNGKey(seed), x[:1]), seed + 1)
+    variables = randomize(jax.jit(m.init)(jax.random.PRNGKey(seed), x[:1]), seed + 1)
     with jax.default_matmul_precision("highest"):
         got = jax.jit(m.apply)(variables, x)
     v64 = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
@@ -65,7 +65,7 @@ def test_batchnorm_trains_and_syncs_over_the_data_axis(seed):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(2, 32, 48, 3)).astype(np.float32)
     m = retinanet._RetinaNetTiny(bn_axis_name="batch")
-    variables = randomize(m.init(jax.random.PRNGKey(seed), x[:1]), seed + 1)
+    variables = randomize(jax.jit(m.init)(jax.random.PRNGKey(seed), x[:1]), seed + 1)
     with jax.default_matmul_precision("highest"):
         step = jax.jit(jax.vmap(lambda v, a: m.apply(v, a, train=True, mutable=["batch_stats"]),
                                 in_axes=(None, 0), axis_name="batch"))
