@@ -7,7 +7,6 @@ The target class of every target-dependent map and of deletion/insertion is the 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import warnings
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from cervix_jax.explain import evaluate, postprocess
 from cervix_jax.explain.registry import explain, supports
+from cervix_jax.jsonsafe import dumps
 from cervix_jax.viz.overlay import write_grid, write_png
 
 MASKS = ("lesion", "os", "tz", "cervix")          # example keys f"{name}_mask"
@@ -105,10 +105,14 @@ def explain_to_dir(model, examples: Iterable[Mapping], out_dir: str, *,
         for i, example in enumerate(batch):
             ident, label = int(example["id"]), int(example["label"])
             scores = out["scores"][i]
-            pred = int(np.argmax(scores))
-            item = {"id": ident, "label": label, "score": float(scores[1] if scores.shape[0] > 1 else scores[0]),
-                    "pred": pred, "correct": pred == label, "image": f"images/{ident}.png",
+            # a NaN score is no class: argmax(NaN) would say class 0 (and "correct" for label 0)
+            pred = int(np.argmax(scores)) if np.isfinite(scores).all() else None
+            score = float(scores[1] if scores.shape[0] > 1 else scores[0])
+            item = {"id": ident, "label": label, "score": score, "pred": pred,
+                    "correct": pred is not None and pred == label, "image": f"images/{ident}.png",
                     "maps": {}, "overlays": {}, "metrics": {}}
+            if pred is None:
+                item["flags"] = ["non-finite scores"]
             write_png(os.path.join(out_dir, item["image"]), np.asarray(example["display"], np.uint8))
             for m in methods:
                 item["maps"][m] = f"maps/{m}/{ident}.png"
@@ -127,6 +131,11 @@ def explain_to_dir(model, examples: Iterable[Mapping], out_dir: str, *,
         batch.clear()
 
     for example in tqdm(examples, desc="explain", unit="example"):
+        bad = int(np.size(example["image"]) - np.isfinite(np.asarray(example["image"], np.float32)).sum())
+        if bad:
+            raise ValueError(f"explain_to_dir: example id {example.get('id')} has {bad} non-finite input "
+                             f"values (NaN or inf) in 'image': refusing to explain it (its scores and maps "
+                             f"would be meaningless)")
         batch.append(example)
         if len(batch) == batch_size:
             flush()
@@ -140,7 +149,7 @@ def explain_to_dir(model, examples: Iterable[Mapping], out_dir: str, *,
     index = {"split": os.path.basename(os.path.normpath(out_dir)), "methods": methods,
              "threshold": threshold, "class_names": list(class_names), "items": items}
     with open(os.path.join(out_dir, "index.json"), "w") as f:
-        json.dump(index, f, indent=1)
+        f.write(dumps(index, indent=1))       # strict JSON: a NaN would break the review page
     _write_table(out_dir, table)
     return table
 

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from cervix_jax.train import checkpoint as ckpt_lib
+from cervix_jax.jsonsafe import dumps
 from cervix_jax.train.parallel import data_parallel, to_host
 from cervix_jax.train.state import TrainState, create_state, make_optimizer
 from cervix_jax.train.steps import eval_step, train_step
@@ -31,6 +32,10 @@ SPLITS = ("train", "val", "test")
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf; the message names step, epoch, batch and example ids."""
+
+
+class NonFiniteScoreError(FloatingPointError):
+    """Some examples got a NaN/inf score; the message names their ids."""
 
 
 @dataclasses.dataclass
@@ -52,6 +57,9 @@ def make_data(config, *, num_devices: int, process_index: int, process_count: in
     common = dict(global_batch_size=batch, num_devices=num_devices, process_index=process_index,
                   process_count=process_count)
     if dc.name.startswith("memory/"):
+        if dc.blur:
+            raise ValueError(f"config.data.blur={dc.blur}: in-memory data ({dc.name}) has no blur; use a tfds "
+                             f"dataset such as synthetic_cervix/tiny to blur test images")
         from cervix_jax.train import task_tiny
         arrays = task_tiny.memory_examples(int(dc.name.split("/", 1)[1]), tuple(dc.pad_to))
         parts = task_tiny.memory_split(arrays["group"], dc.test_fraction, dc.val_fraction, dc.split_seed)
@@ -134,6 +142,11 @@ def score_split(p_eval: Callable, params, frozen, loader) -> dict[str, np.ndarra
     out = {k: v[order] for k, v in out.items()}
     if len(np.unique(out["id"])) != len(out["id"]):
         raise RuntimeError("evaluation scored some example twice: the loader's padding is not weight 0")
+    bad = ~np.isfinite(out["score"])
+    if bad.any():   # never let a NaN score reach a threshold, an argmax or a JSON file
+        raise NonFiniteScoreError(f"{int(bad.sum())} of {len(bad)} examples got a non-finite score (NaN or "
+                                 f"inf): ids {out['id'][bad][:20].tolist()}; check those inputs and the "
+                                 f"checkpoint")
     return out
 
 
@@ -182,7 +195,7 @@ class _Logger:
     def write(self, row: dict) -> None:
         if self.main:
             with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(dumps(row) + "\n")
 
     def train(self, step: int, epoch: int, metrics: dict) -> None:
         self.acc.append(metrics)
@@ -301,5 +314,5 @@ def train(config, workdir, *, data: Optional[Data] = None) -> dict:
                "best_value": meta["best_value"], "best_step": meta["best_step"], "final_loss": last_loss,
                "seconds": round(time.time() - t_start, 2)}
     if jax.process_index() == 0:
-        (workdir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        (workdir / "train_summary.json").write_text(dumps(summary, indent=2))
     return summary

@@ -57,6 +57,7 @@ def point_config(config, point: dict):
 
 def sweep(config, workdir) -> dict:
     """Runs the missing points, then writes the summary; returns {"points", "done", "summary"}."""
+    from cervix_jax.train import identity
     from cervix_jax.train.evaluate import evaluate
     from cervix_jax.train.loop import train
     from cervix_jax.train.task import make_task
@@ -72,8 +73,7 @@ def sweep(config, workdir) -> dict:
         pdir = workdir / "points" / point_name(p)
         print(f"sweep point {i + 1}/{len(todo)} (of {len(points)}): {point_name(p)}", flush=True)
         pc = point_config(config, p)
-        pdir.mkdir(parents=True, exist_ok=True)
-        (pdir / "config.json").write_text(pc.to_json_best_effort(indent=2, sort_keys=True))
+        identity.record(pc, pdir, mode="sweep")   # a point made under another config is refused
         if train(pc, pdir)["status"] == "interrupted":
             return {"points": len(points), "done": i, "summary": None, "status": "interrupted"}
         evaluate(pc, pdir)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cervix_jax.jsonsafe import dumps
 from cervix_jax.models import fpn, pyramid
 from cervix_jax.train import feature_cache
 
@@ -369,9 +370,9 @@ def run_sweep_fast(task, config, points: list, workdir) -> list:
             log.append({"step": (e + 1) * steps_per_epoch, "epoch": e, "split": "train",
                         "loss": float(epoch_loss.mean())})
             log.append({"step": (e + 1) * steps_per_epoch, "epoch": e, "split": "val", **h["rows"][e]})
-        (pdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        (pdir / "metrics.jsonl").write_text("".join(dumps(r) + "\n" for r in log))
         stopped = h["last"] + 1 < tc.epochs
-        (pdir / "train_summary.json").write_text(json.dumps({
+        (pdir / "train_summary.json").write_text(dumps({
             "status": "stopped_early" if stopped else "finished", "step": last_step,
             "epoch": h["last"] + 1, "total_steps": tc.epochs * steps_per_epoch, "best_metric": tc.best_metric,
             "best_value": h["best_value"], "best_step": best_step, "final_loss": float(h["loss"][last_step - 1]),
@@ -388,7 +389,7 @@ def run_sweep_fast(task, config, points: list, workdir) -> list:
         _write_scores(pdir / "eval" / "scores_val.csv", h["val"])
         _write_scores(pdir / "eval" / "scores_test.csv", test_scored)
         tmp = pdir / "eval" / "metrics.json.tmp"       # metrics.json marks the point done: write it last
-        tmp.write_text(json.dumps(result, indent=2))
+        tmp.write_text(dumps(result, indent=2))
         os.replace(tmp, pdir / "eval" / "metrics.json")
     print(f"sweep (fast path): {len(points)} points in {time.time() - t_start:.1f} s", flush=True)
     return []
