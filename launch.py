@@ -122,18 +122,13 @@ def main(argv):
     if _COORDINATOR.value or (config is not None and config.parallel.distributed):
         from cervix_jax.train.parallel import initialize_distributed
         initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    from cervix_jax.train.checkpoint import CheckpointMismatchError, NoUsableCheckpointError
-    from cervix_jax.train.evaluate import SweepPointError
-    from cervix_jax.train.identity import ConfigChangedError
-    from cervix_jax.train.lock import WorkdirLockedError
-    from cervix_jax.train.loop import NonFiniteLossError, NonFiniteScoreError
+    from cervix_jax.train.errors import RunRefused
     try:
         out = run(mode, config, Path(_WORKDIR.value or "."))
-    except (NonFiniteLossError, NonFiniteScoreError) as e:
+    except FloatingPointError as e:   # loop.NonFiniteLossError / NonFiniteScoreError: names step and ids
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         return 3
-    except (ConfigChangedError, WorkdirLockedError, CheckpointMismatchError, NoUsableCheckpointError,
-            SweepPointError) as e:
+    except RunRefused as e:           # config changed, workdir in use, checkpoints of another config...
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         return 2
     if mode == "demo":

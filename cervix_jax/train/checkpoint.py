@@ -28,17 +28,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from cervix_jax.train.errors import RunRefused
 from cervix_jax.train.parallel import to_host
 from cervix_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(RunRefused, ValueError):
     """A checkpoint reads back but was written for another state tree (a different config)."""
 
 
-class NoUsableCheckpointError(RuntimeError):
+class NoUsableCheckpointError(RunRefused, RuntimeError):
     """Checkpoints existed (or were quarantined) but none restores: the run refuses to start over."""
 
 

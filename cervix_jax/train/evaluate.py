@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from cervix_jax.train import checkpoint as ckpt_lib
+from cervix_jax.train.errors import RunRefused
 from cervix_jax.jsonsafe import dumps
 from cervix_jax.train.loop import local_data, score_split
 from cervix_jax.train.parallel import data_parallel
@@ -23,7 +24,7 @@ from cervix_jax.train.steps import eval_step
 from cervix_jax.train.task import make_task
 
 
-class SweepPointError(ValueError):
+class SweepPointError(RunRefused, ValueError):
     """`eval`/`explain` asked to write into a sweep point."""
 
 

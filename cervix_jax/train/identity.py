@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cervix_jax.train.errors import RunRefused
+
 CONFIG_NAME = "config.json"
 CHANGES_NAME = "config_changes.jsonl"
 
@@ -44,7 +46,7 @@ EVAL_ALLOWED_CHANGES: dict[str, str] = {
 }
 
 
-class ConfigChangedError(ValueError):
+class ConfigChangedError(RunRefused, ValueError):
     """The config differs from the run's saved config in keys that are not allowed to change."""
 
 

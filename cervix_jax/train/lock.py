@@ -22,10 +22,12 @@ import socket
 import time
 from pathlib import Path
 
+from cervix_jax.train.errors import RunRefused
+
 LOCK_NAME = ".lock"
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(RunRefused, RuntimeError):
     """Another process holds the workdir's lock."""
 
 
