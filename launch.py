@@ -65,7 +65,8 @@ def run(mode: str, config, workdir: Path) -> dict:
         with contextlib.ExitStack() as stack:
             if main_process:
                 stack.enter_context(workdir_lock(workdir, mode))
-                stack.enter_context(identity.recorded(config, workdir, mode=mode, force=_FORCE_NEW_CONFIG.value))
+                stack.enter_context(identity.recorded(config, workdir, mode=mode,
+                                                      force=_FORCE_NEW_CONFIG.value))
             return _write_mode(mode, config, workdir)
     if mode in ("eval", "explain"):
         identity.check_read_only(config, workdir, mode=mode)
@@ -73,8 +74,8 @@ def run(mode: str, config, workdir: Path) -> dict:
         if mode == "eval":
             from cervix_jax.train.evaluate import evaluate
             return evaluate(config, workdir, out_dir=out)
-        from cervix_jax.train.evaluate import explain
-        return {"explain_dir": str(explain(config, workdir, out_dir=out))}
+        from cervix_jax.train.evaluate import explain_split
+        return {"explain_dir": str(explain_split(config, workdir, out_dir=out))}
     raise app.UsageError(f"mode: expected one of {MODES}, found {mode!r}")
 
 
@@ -85,13 +86,13 @@ def _write_mode(mode: str, config, workdir: Path) -> dict:
     if mode == "sweep":
         from cervix_jax.train.sweep import sweep
         return sweep(config, workdir)
-    from cervix_jax.train.evaluate import evaluate, explain
+    from cervix_jax.train.evaluate import evaluate, explain_split
     from cervix_jax.train.loop import train
     out = {"prepare": prepare(config), "train": train(config, workdir)}
     if out["train"]["status"] == "interrupted":
         return out
     out["eval"] = evaluate(config, workdir)
-    out["explain_dir"] = str(explain(config, workdir))
+    out["explain_dir"] = str(explain_split(config, workdir))
     return out
 
 

@@ -4,12 +4,11 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections as mlc
 import numpy as np
 import optax
 import pytest
 
-from cervix_jax.models import fpn, pyramid
+from cervix_jax.models import pyramid
 from cervix_jax.train import feature_cache, task_pyramid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
@@ -63,8 +62,8 @@ def test_concat_levels_against_numpy(maps, method):
     got = np.asarray(pyramid.concat_levels(maps, levels, method), np.float64)
     th, tw = maps["P3"].shape[1:3]
     parts = [np.asarray(maps["P3"], np.float64)]
-    for l in levels[1:]:
-        m = np.asarray(maps[l], np.float64)
+    for lvl in levels[1:]:
+        m = np.asarray(maps[lvl], np.float64)
         h, w = m.shape[1:3]
         if method == "nearest_legacy":
             parts.append(m[:, [i * h // th for i in range(th)]][:, :, [j * w // tw for j in range(tw)]])
@@ -73,8 +72,10 @@ def test_concat_levels_against_numpy(maps, method):
                 r = np.zeros((n_out, n_in))
                 for i in range(n_out):
                     s = np.clip((i + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-                    a = int(np.floor(s)); b = min(a + 1, n_in - 1)
-                    r[i, a] += 1 - (s - a); r[i, b] += s - a
+                    a = int(np.floor(s))
+                    b = min(a + 1, n_in - 1)
+                    r[i, a] += 1 - (s - a)
+                    r[i, b] += s - a
                 return r
             parts.append(np.einsum("ia,jb,nabc->nijc", interp(h, th), interp(w, tw), m))
     np.testing.assert_allclose(got, np.concatenate(parts, -1), rtol=1e-5, atol=1e-5)

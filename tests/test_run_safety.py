@@ -73,7 +73,8 @@ def test_checkpoint_of_another_config_is_a_config_error_and_nothing_moves(traine
     with pytest.raises(CheckpointMismatchError) as err:
         ck.restore(template(c))
     ck.close()
-    expected = {"optimizer": "opt_state.0.mu.conv1.kernel", "width": "(3, 3, 3, 4) float32, config (3, 3, 3, 6)",
+    expected = {"optimizer": "opt_state.0.mu.conv1.kernel",
+                "width": "(3, 3, 3, 4) float32, config (3, 3, 3, 6)",
                 "example_state": "example_state.count"}[change]
     assert expected in str(err.value)
     assert not (wd / "checkpoints.corrupt").exists()
@@ -134,7 +135,8 @@ def test_config_identity_allow_list_and_forced_changes(tmp_path, rng):
     assert f"seed: 0 -> {changed.seed}" in str(err.value) and "train.lr: 0.003 ->" in str(err.value)
     assert (tmp_path / "config.json").read_text() == saved          # refused: nothing written
     epochs = int(rng.integers(3, 9))
-    assert identity.record(tiny_config(epochs=epochs), tmp_path, mode="train") == {"train.epochs": (2, epochs)}
+    accepted = identity.record(tiny_config(epochs=epochs), tmp_path, mode="train")
+    assert accepted == {"train.epochs": (2, epochs)}
     assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == epochs
     identity.record(changed, tmp_path, mode="train", force=True)
     log = [json.loads(r) for r in (tmp_path / identity.CHANGES_NAME).read_text().splitlines()]
@@ -192,7 +194,8 @@ def test_stale_lock_is_taken_over_and_a_live_one_is_not(tmp_path, capsys):
 
 # --- validation ---------------------------------------------------------------------------------
 
-BAD_VALUES = [("train.batch_size", 0), ("train.epochs", -1), ("train.log_every", 0), ("train.checkpoint_every", 0),
+BAD_VALUES = [("train.batch_size", 0), ("train.epochs", -1), ("train.log_every", 0),
+              ("train.checkpoint_every", 0),
               ("train.keep", -1), ("train.patience", -1), ("train.lr", 0.0), ("data.pad_to", (0, 16)),
               ("data.pad_to", (-16, 16)), ("data.val_fraction", -0.1), ("data.test_fraction", 1.5),
               ("model.width", -3), ("explain.max_images", -1), ("explain.threshold", 2.0),
@@ -220,7 +223,8 @@ def test_validation_reports_every_bad_value_at_once(rng):
 
 @pytest.mark.parametrize("path,arg", [("configs/tiny.py", None), ("configs/tiny.py", "state"),
                                       ("configs/demo.py", None), ("configs/demo.py", "patch"),
-                                      ("configs/demo.py", "tiny"), ("configs/pyramid.py", "p3,p6,p7,runlocal"),
+                                      ("configs/demo.py", "tiny"),
+                                      ("configs/pyramid.py", "p3,p6,p7,runlocal"),
                                       ("configs/pyramid.py", "sweep,small"), ("configs/patch.py", "runlocal"),
                                       ("configs/patch.py", "evidence"), ("configs/patch.py", "ps56,fixed")])
 def test_shipped_configs_are_valid(path, arg):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from cervix_jax.explain import evaluate, postprocess
+from cervix_jax.explain import faithfulness, postprocess
 from cervix_jax.explain.registry import explain, supports
 from cervix_jax.jsonsafe import dumps
 from cervix_jax.viz.overlay import write_grid, write_png
@@ -40,15 +40,15 @@ def _batch_fn(model, methods, threshold, auc_steps):
         out = {"scores": scores, "maps": {}, "overlays": {}, "metrics": {}}
         for method in methods:
             heat = postprocess.heatmap(explain(method, model, image, target=pred), image.shape[:2])
-            metrics = {"roi_area": evaluate.roi_area(heat, threshold)}
+            metrics = {"roi_area": faithfulness.roi_area(heat, threshold)}
             for name in MASKS:
                 mask = masks[name]
                 valid = (has_masks > 0) & (mask.sum() > 0)
                 metrics[f"pointing_game_{name}"] = jnp.where(
-                    valid, evaluate.pointing_game(heat, mask), jnp.nan)
-                metrics[f"iou_{name}"] = jnp.where(valid, evaluate.iou(heat, mask, threshold), jnp.nan)
-            metrics["deletion_auc"] = evaluate.deletion(score_fn, image, heat, steps=auc_steps)[1]
-            metrics["insertion_auc"] = evaluate.insertion(score_fn, image, heat, steps=auc_steps)[1]
+                    valid, faithfulness.pointing_game(heat, mask), jnp.nan)
+                metrics[f"iou_{name}"] = jnp.where(valid, faithfulness.iou(heat, mask, threshold), jnp.nan)
+            metrics["deletion_auc"] = faithfulness.deletion(score_fn, image, heat, steps=auc_steps)[1]
+            metrics["insertion_auc"] = faithfulness.insertion(score_fn, image, heat, steps=auc_steps)[1]
             out["maps"][method] = postprocess.to_uint8(heat)
             out["overlays"][method] = postprocess.jet_overlay(display, heat, ALPHA, threshold)
             out["metrics"][method] = metrics

@@ -31,8 +31,8 @@ CLASS_NAMES = ("treatable", "not_treatable")
 
 def canonical_levels(levels: Sequence[str]) -> tuple[str, ...]:
     """Validates a level subset and sorts it finest first: ("P7", "p3") -> ("P3", "P7")."""
-    levels = tuple(str(l).upper() for l in levels)
-    bad = [l for l in levels if l not in LEVELS]
+    levels = tuple(str(lvl).upper() for lvl in levels)
+    bad = [lvl for lvl in levels if lvl not in LEVELS]
     if not levels or bad or len(set(levels)) != len(levels):
         raise ValueError(f"levels: expected a non-empty subset of {LEVELS} without repeats, "
                          f"found {levels}")
@@ -60,7 +60,7 @@ def concat_levels(pyramid: dict, levels: Sequence[str], method: str = "nearest_l
     """{"P3": [N,h3,w3,C], ...} -> [N, h, w, C * len(levels)] at the finest chosen level's size."""
     levels = canonical_levels(levels)
     out_hw = pyramid[levels[0]].shape[1:3]
-    maps = [pyramid[levels[0]]] + [upsample(pyramid[l], out_hw, method) for l in levels[1:]]
+    maps = [pyramid[levels[0]]] + [upsample(pyramid[lvl], out_hw, method) for lvl in levels[1:]]
     return jnp.concatenate(maps, axis=-1)
 
 

@@ -1,6 +1,6 @@
 """`evaluate(config, workdir)`: scores val and test once each with the best checkpoint, picks the
 threshold on val, writes `WORKDIR/eval/metrics.json`, per-split `scores_<split>.csv`, `roc.png`,
-`scores.png`, `curves.png`. `explain(config, workdir)` runs the explainers on a split.
+`scores.png`, `curves.png`. `explain_split(config, workdir)` runs the explainers on a split.
 
 Both read the run and write only their own folder (`out_dir`, default `WORKDIR/eval` and
 `WORKDIR/explain/<split>`). On a sweep point (`SWEEP/points/<name>/`) they refuse to write into the
@@ -112,7 +112,7 @@ def evaluate(config, workdir, out_dir=None) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(dumps(result, indent=2))
         for s, sc in scored.items():
-            rows = "".join(f"{i},{l},{v:.8g}\n" for i, l, v in zip(sc["id"], sc["label"], sc["score"]))
+            rows = "".join(f"{i},{lab},{v:.8g}\n" for i, lab, v in zip(sc["id"], sc["label"], sc["score"]))
             (out_dir / f"scores_{s}.csv").write_text("id,label,score\n" + rows)
         roc = {}
         for s, sc in scored.items():
@@ -126,7 +126,7 @@ def evaluate(config, workdir, out_dir=None) -> dict:
     return result
 
 
-def explain(config, workdir, out_dir=None) -> Path:
+def explain_split(config, workdir, out_dir=None) -> Path:
     """Explainers on the first `config.explain.max_images` of `config.explain.split`, into
     WORKDIR/explain/<split>/ or `out_dir` (through `cervix_jax.explain.run.explain_to_dir`)."""
     from cervix_jax.explain.run import explain_to_dir

@@ -54,7 +54,7 @@ def pool_pyramid(maps: dict, method: str = "nearest_legacy") -> dict:
 def pooled_features(pooled: dict, levels: Sequence[str]):
     """Cache -> the pooled concat of `levels` [N, C * len(levels)], what the head's dense layer sees."""
     levels = pyramid.canonical_levels(levels)
-    return jnp.concatenate([pooled[cache_key(l, levels[0])] for l in levels], axis=-1)
+    return jnp.concatenate([pooled[cache_key(lvl, levels[0])] for lvl in levels], axis=-1)
 
 
 def make_pool_fn(task, method: str = "nearest_legacy"):
@@ -138,14 +138,14 @@ def train_heads(cache: dict, subsets: Sequence[Sequence[str]], seeds: Sequence[i
     # Design matrices in the slot layout: [S, N, 5C].
     x_all = np.zeros((len(subsets), n, len(LEVELS) * c), np.float32)
     for s, levels in enumerate(subsets):
-        for l in levels:
-            i = LEVELS.index(l)
-            x_all[s, :, i * c:(i + 1) * c] = cache["pooled"][cache_key(l, levels[0])]
+        for lvl in levels:
+            i = LEVELS.index(lvl)
+            x_all[s, :, i * c:(i + 1) * c] = cache["pooled"][cache_key(lvl, levels[0])]
     labels = jnp.asarray(cache["label"], jnp.int32)
 
     heads, kernels, biases, subset_idx, seed_keys, head_orders = [], [], [], [], [], []
     for s, levels in enumerate(subsets):
-        rows = np.concatenate([np.arange(LEVELS.index(l) * c, (LEVELS.index(l) + 1) * c) for l in levels])
+        rows = np.concatenate([np.arange(LEVELS.index(lvl) * c, (LEVELS.index(lvl) + 1) * c) for lvl in levels])
         for seed in seeds:
             _, rng_head = jax.random.split(init_rng(seed))   # as PyramidTask.init_params
             p = pyramid.init_head(rng_head, c * len(levels), num_classes)["classifier"]

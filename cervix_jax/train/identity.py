@@ -69,7 +69,8 @@ def differences(saved: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """{key: (saved value, new value)} for every key that differs (missing = `<absent>`)."""
     a, b = flatten(saved), flatten(new)
     absent = "<absent>"
-    return {k: (a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b)) if a.get(k, absent) != b.get(k, absent)}
+    return {k: (a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b))
+            if a.get(k, absent) != b.get(k, absent)}
 
 
 def _allowed(key: str, allow: dict) -> bool:

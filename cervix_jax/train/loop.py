@@ -23,7 +23,7 @@ import numpy as np
 from cervix_jax.train import checkpoint as ckpt_lib
 from cervix_jax.jsonsafe import dumps
 from cervix_jax.train.parallel import data_parallel, to_host
-from cervix_jax.train.state import TrainState, create_state, make_optimizer
+from cervix_jax.train.state import create_state, make_optimizer
 from cervix_jax.train.steps import eval_step, train_step
 from cervix_jax.train.task import make_task
 

@@ -247,7 +247,7 @@ def _jsonable(d: dict) -> dict:
 
 def _write_scores(path: Path, scored: dict) -> None:
     """id,label,score with repr(float) scores: they read back to exactly the values the metrics saw."""
-    rows = "".join(f"{i},{l},{float(v)!r}\n" for i, l, v in zip(scored["id"], scored["label"], scored["score"]))
+    rows = "".join(f"{i},{lab},{float(v)!r}\n" for i, lab, v in zip(scored["id"], scored["label"], scored["score"]))
     path.write_text("id,label,score\n" + rows)
 
 

@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import jaccard_score
 
-from cervix_jax.explain import evaluate as ev
+from cervix_jax.explain import faithfulness as ev
 
 
 def random_mask(rng, h, w):
