@@ -26,6 +26,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow   # each fixture runs a launch.py process that trains (> 30 s)
+
 SMOKE = ["--config.data.name=synthetic_cervix/tiny", "--config.data.image_size=48",
          "--config.data.pad_to=(32,48)", "--config.train.batch_size=8", "--config.train.epochs=1",
          "--config.explain.max_images=4"]
@@ -35,7 +37,8 @@ SMOKE = ["--config.data.name=synthetic_cervix/tiny", "--config.data.image_size=4
 def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("jax_cache")
     return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 def launch(env, *args, timeout=600):
@@ -137,7 +140,8 @@ def test_eval_on_a_finished_run_with_test_blur_writes_elsewhere(patch_run, data_
     assert strict_json(tmp_path / "blurred" / "metrics.json")["blur"] == 3
     # blur reaches the test images only: val scores equal, test scores differ
     assert read_scores(tmp_path / "blurred" / "scores_val.csv") == read_scores(wd / "eval" / "scores_val.csv")
-    clean, blurred = read_scores(wd / "eval" / "scores_test.csv"), read_scores(tmp_path / "blurred" / "scores_test.csv")
+    clean = read_scores(wd / "eval" / "scores_test.csv")
+    blurred = read_scores(tmp_path / "blurred" / "scores_test.csv")
     assert clean.keys() == blurred.keys()
     assert any(clean[i][1] != blurred[i][1] for i in clean)
 
@@ -145,12 +149,13 @@ def test_eval_on_a_finished_run_with_test_blur_writes_elsewhere(patch_run, data_
 def test_train_refuses_a_changed_config_and_a_held_workdir(patch_run, data_dir, env):
     from cervix_jax.train.lock import workdir_lock
     wd, _ = patch_run
-    base = ["--config", "configs/demo.py:patch", "--workdir", wd, *SMOKE, f"--config.data.data_dir={data_dir}",
-            "--config.model.mlp_hidden=(8,)"]
+    base = ["--config", "configs/demo.py:patch", "--workdir", wd, *SMOKE,
+            f"--config.data.data_dir={data_dir}", "--config.model.mlp_hidden=(8,)"]
     saved = (wd / "config.json").read_bytes()
     p = launch(env, "train", *base, "--config.seed=5", "--config.train.lr=0.5")
     assert p.returncode == 2, p.stderr[-3000:]
-    assert "seed: 0 -> 5" in p.stderr and "train.lr: 0.001 -> 0.5" in p.stderr and "--force_new_config" in p.stderr
+    for part in ("seed: 0 -> 5", "train.lr: 0.001 -> 0.5", "--force_new_config"):
+        assert part in p.stderr, p.stderr[-3000:]
     assert (wd / "config.json").read_bytes() == saved
     with workdir_lock(wd, "sweep"):
         p = launch(env, "train", *base)
@@ -179,12 +184,14 @@ def test_eval_and_explain_on_a_sweep_point(sweep_run, data_dir, env, tmp_path):
     base = ["--config", "configs/demo.py", "--workdir", pdir, *SMOKE, f"--config.data.data_dir={data_dir}",
             "--config.model.backbone=tiny", "--config.data.blur=3"]
     p = launch(env, "explain", *base)
-    assert p.returncode == 2 and "--out DIR" in p.stderr and "launch.py train" not in p.stderr, p.stderr[-3000:]
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "--out DIR" in p.stderr and "launch.py train" not in p.stderr, p.stderr[-3000:]
     ok(launch(env, "eval", *base, "--out", tmp_path / "eval"))
     assert snapshot(pdir, recursive=True) == before                    # the point is never written
     mine, fast = strict_json(tmp_path / "eval" / "metrics.json"), strict_json(pdir / "eval" / "metrics.json")
     assert mine["checkpoint_step"] == fast["checkpoint_step"]
-    ours, theirs = read_scores(tmp_path / "eval" / "scores_test.csv"), read_scores(pdir / "eval" / "scores_test.csv")
+    ours = read_scores(tmp_path / "eval" / "scores_test.csv")
+    theirs = read_scores(pdir / "eval" / "scores_test.csv")
     assert ours.keys() == theirs.keys()
     np.testing.assert_allclose([ours[i][1] for i in ours], [theirs[i][1] for i in ours], atol=1e-5)
 
@@ -198,8 +205,9 @@ def _free_port():
 def test_review_serves_the_explain_output_and_is_one_per_workdir(patch_run, env):
     wd, _ = patch_run
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "launch.py", "review", "--workdir", str(wd), "--port", str(port)],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "launch.py", "review", "--workdir", str(wd), "--port", str(port)]
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
         while True:

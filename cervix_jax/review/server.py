@@ -234,7 +234,8 @@ class ReviewState:
             # pred/score are null for an image whose scores were not finite (explain/run.py flags it)
             "pred": None if item["pred"] is None else int(item["pred"]),
             "pred_name": None if item["pred"] is None else name(item["pred"]),
-            "score": None if item["score"] is None else float(item["score"]), "correct": bool(item["correct"]),
+            "score": None if item["score"] is None else float(item["score"]),
+            "correct": bool(item["correct"]),
             "image": "/files/" + urllib.parse.quote(str(item["image"])),
             "referral": is_referral_item(item, names), "panels": panels,
         }
