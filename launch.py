@@ -30,7 +30,7 @@ _SPLIT = flags.DEFINE_string("split", "test", "review: the split to review")
 _PORT = flags.DEFINE_integer("port", 8765, "review: port")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "review: interface to bind")
 _REVIEWER = flags.DEFINE_string("reviewer", None, "review: reviewer name")
-_BLIND = flags.DEFINE_boolean("blind", False, "review: hide labels and scores")
+_BLIND = flags.DEFINE_boolean("blind", False, "review: hide method names (panels A, B, shuffled)")
 _ALLOW_REMOTE = flags.DEFINE_boolean("allow_remote", False, "review: allow binding a non-loopback host")
 _FORCE_NEW_CONFIG = flags.DEFINE_boolean(
     "force_new_config", False, "train/sweep/demo: accept a config that differs from WORKDIR/config.json "

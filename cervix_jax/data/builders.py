@@ -38,8 +38,8 @@ _T = tfds.features.Tensor
 _ZLIB = tfds.features.Encoding.ZLIB
 
 
-def _features(hw: tuple) -> tfds.features.FeaturesDict:
-    """The example schema of docs/internals.md; hw = (H, W) or (None, None)."""
+def _features(hw: tuple, extra: Optional[dict] = None) -> tfds.features.FeaturesDict:
+    """The example schema of docs/internals.md; hw = (H, W) or (None, None); `extra`: more features."""
     scalar = lambda: _T(shape=(), dtype=np.int64)
     mask = lambda: _T(shape=tuple(hw), dtype=np.uint8, encoding=_ZLIB)
     return tfds.features.FeaturesDict({
@@ -49,7 +49,16 @@ def _features(hw: tuple) -> tfds.features.FeaturesDict:
         "has_masks": scalar(),
         "cervix_center": _T(shape=(2,), dtype=np.float32),
         "group": scalar(), "id": scalar(),
+        **(extra or {}),
     })
+
+
+def _synthetic_extra(hw: tuple) -> dict:
+    """The keys only synthetic examples carry (docs/internals.md "Examples")."""
+    scalar = lambda: _T(shape=(), dtype=np.int64)
+    return {"reason": scalar(), "cin_grade": scalar(), "visit": scalar(),
+            "cervix_box": _T(shape=(4,), dtype=np.float32),
+            **{k: _T(shape=tuple(hw), dtype=np.uint8, encoding=_ZLIB) for k in synthetic.EXTRA_MASK_KEYS}}
 
 
 class _ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -87,10 +96,17 @@ class SyntheticCervixConfig(tfds.core.BuilderConfig):
 
 
 class SyntheticCervix(_ArrayRecordBuilder):
-    """Procedural cervigram-like images with cervix/os/TZ/lesion masks (cervix_jax.data.synthetic)."""
+    """Procedural cervigram-like images with cervix/os/TZ/lesion/polyp masks, paper B's Table 3 referral
+    reason, CIN grade, visit and cervix box per image (cervix_jax.data.synthetic)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "2.0.0": "Generator v2: treatability from Table 3 reasons as local geometry (1, 2, 3, 7, 9, 10); "
+                 "dysplasia = CIN grade >= 2 shown by the lesion's punctation; nuisances drawn independently "
+                 "of both labels; new keys reason, cin_grade, visit, cervix_box, polyp_mask; placement "
+                 "by config (paper_a centred, paper_b anywhere, evidence off-centre).",
+    }
     BUILDER_CONFIGS = [
         SyntheticCervixConfig(
             name="tiny", description="48 images of 128x192 (HxW), 16 not treatable; tests and demo.",
@@ -102,22 +118,23 @@ class SyntheticCervix(_ArrayRecordBuilder):
                                                 images_per_woman=3, label="treatability", seed=3)),
         SyntheticCervixConfig(
             name="paper_b", description="Paper B's size: 1,033 images of 800x1200 (HxW), 729 treatable / "
-                                        "304 not treatable; label = treatability.",
+                                        "304 not treatable; label = treatability; cervix anywhere.",
             synthetic=synthetic.SyntheticConfig(height=800, width=1200, num_images=1033, num_positive=304,
                                                 images_per_woman=3, label="treatability", seed=1)),
         SyntheticCervixConfig(
-            name="paper_a", description="Paper A's size: 978 images of 1176x1176, 391 abnormal (40%, "
-                                        "an assumption: the paper gives no ratio); label = dysplasia.",
+            name="paper_a", description="Paper A's size: 978 images of 1176x1176, 391 CIN2+ (40%, "
+                                        "an assumption: the paper gives no ratio); label = dysplasia; "
+                                        "cervix centred.",
             synthetic=synthetic.SyntheticConfig(height=1176, width=1176, num_images=978, num_positive=391,
-                                                images_per_woman=3, label="dysplasia", seed=2)),
+                                                images_per_woman=3, label="dysplasia", seed=2,
+                                                placement="centred")),
         SyntheticCervixConfig(
             name="evidence", description="Paper A's regulator evidence (docs/results/paper_a.md): 480 images "
-                                         "of 96x144 (HxW), 240 with a lesion (semi-axis 0.5-0.9 of the "
-                                         "TZ's); label = dysplasia; cervix anywhere off-centre, speculum "
-                                         "bars on.",
+                                         "of 96x144 (HxW), 240 CIN2+; lesion semi-axes 0.15-0.25 of the "
+                                         "cervix's; label = dysplasia; cervix off-centre, speculum bars on.",
             synthetic=synthetic.SyntheticConfig(height=96, width=144, num_images=480, num_positive=240,
                                                 images_per_woman=3, label="dysplasia", seed=5,
-                                                lesion_size=(0.5, 0.9))),
+                                                lesion_size=(0.15, 0.25), placement="off_centre")),
     ]
     DEFAULT_CONFIG_NAME = "tiny"
 
@@ -125,7 +142,8 @@ class SyntheticCervix(_ArrayRecordBuilder):
         cfg = self.builder_config.synthetic
         return tfds.core.DatasetInfo(
             builder=self, description=__doc__ + f"\nlabel = {cfg.label}; " + self.builder_config.description,
-            features=_features((cfg.height, cfg.width)), homepage="https://example.invalid/cervix-jax",
+            features=_features((cfg.height, cfg.width), _synthetic_extra((cfg.height, cfg.width))),
+            homepage="https://example.invalid/cervix-jax",
             disable_shuffling=True)
 
     def _split_generators(self, dl_manager):

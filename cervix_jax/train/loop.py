@@ -102,7 +102,8 @@ def make_data(config, *, num_devices: int, process_index: int, process_count: in
         for i in parts[split][:n]:
             ex = pre(source[int(i)])
             item = {k: v for k, v in ex.items() if k.endswith("_mask")}
-            item.update(image=ex["image"], display=ex["display"], label=int(ex["label"]), id=int(ex["id"]))
+            item.update(image=ex["image"], display=ex["display"], label=int(ex["label"]), id=int(ex["id"]),
+                        valid=ex["valid"])
             out.append(item)
         return out
 
