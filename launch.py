@@ -2,11 +2,12 @@
 
     python launch.py <mode> --config configs/<file>.py[:arg] --workdir DIR [--config.key=value ...]
 
-modes: prepare (build the dataset), train, eval, explain, sweep, demo (= prepare + train + eval +
-explain), review, review-summary. Unknown config keys, values of the wrong type and values out of
-range fail at once, all of them listed. `train`/`sweep`/`demo` save the config to WORKDIR/config.json
+modes: prepare (build the dataset), train, eval, explain, sweep (then its reports), report (the
+reports of config.sweep.reports on an existing workdir), demo (= prepare + train + eval + explain),
+review, review-summary. Unknown config keys, values of the wrong type and values out of range fail
+at once, all of them listed. `train`/`sweep`/`demo` save the config to WORKDIR/config.json
 once and refuse a later config that differs outside an allow-list (`--force_new_config` accepts it);
-they and `review` hold a workdir lock. `eval`/`explain` write nothing into the workdir's root
+they and `review` hold a workdir lock. `eval`/`explain`/`report` never write config.json
 (`--out DIR` puts their results elsewhere; required on a sweep point). Multi-host: pass
 --coordinator/--num_processes/--process_id (or set config.parallel.distributed=True to read the
 standard environment). See docs/training.md.
@@ -19,7 +20,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("prepare", "train", "eval", "explain", "sweep", "demo", "review", "review-summary")
+MODES = ("prepare", "train", "eval", "explain", "sweep", "report", "demo", "review", "review-summary")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py[:arg]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, figures)")
@@ -59,6 +60,10 @@ def run(mode: str, config, workdir: Path) -> dict:
     import jax
 
     from cervix_jax.train import identity
+    if mode == "report":   # reads the points; writes only the reports' own files
+        from cervix_jax import reports
+        identity.check_read_only(config, workdir, mode=mode)
+        return reports.write(config, workdir)
     if mode in WRITERS:
         from cervix_jax.train.lock import workdir_lock
         main_process = jax.process_index() == 0
@@ -84,8 +89,12 @@ def _write_mode(mode: str, config, workdir: Path) -> dict:
         from cervix_jax.train.loop import train
         return train(config, workdir)
     if mode == "sweep":
+        from cervix_jax import reports
         from cervix_jax.train.sweep import sweep
-        return sweep(config, workdir)
+        out = sweep(config, workdir)
+        if out["status"] == "finished":
+            out["reports"] = reports.write(config, workdir)
+        return out
     from cervix_jax.train.evaluate import evaluate, explain_split
     from cervix_jax.train.loop import train
     out = {"prepare": prepare(config), "train": train(config, workdir)}
@@ -97,11 +106,11 @@ def _write_mode(mode: str, config, workdir: Path) -> dict:
 
 
 def prepare(config) -> dict:
-    """Builds the tfds dataset of config.data (nothing to do for in-memory `memory/<n>` data)."""
-    if config.data.name.startswith("memory/"):
-        return {"prepared": config.data.name, "note": "in-memory data: nothing to build"}
-    from cervix_jax.data.builders import prepare as build
-    return {"prepared": config.data.name, "result": str(build(config.data))}
+    """Builds the tfds dataset of config.data (in-memory `memory/<n>` data has nothing to build)."""
+    from cervix_jax.data.builders import load_source
+    source, info = load_source(config.data)
+    return {"prepared": config.data.name, "examples": len(source),
+            "result": str(info.data_dir) if info is not None else "in-memory data: nothing to build"}
 
 
 def main(argv):
@@ -136,8 +145,8 @@ def main(argv):
         from cervix_jax.train.demo_report import table
         print(table([Path(_WORKDIR.value)]), flush=True)
         return 0
-    from cervix_jax.jsonsafe import dumps
-    print(dumps(out, default=str, indent=1)[:4000], flush=True)
+    from cervix_jax.train.rundir import strict_dumps
+    print(strict_dumps(out, default=str, indent=1)[:4000], flush=True)
     return 0
 
 
@@ -165,7 +174,6 @@ def check_overrides(argv: list[str]) -> list[str]:
     """All problems with the `--config.a.b=v` overrides of argv at once: unknown keys (with the
     keys that exist there) and values that do not parse as the field's type."""
     import ast
-    import importlib.util
 
     args = list(argv[1:])
     path = None
@@ -176,15 +184,12 @@ def check_overrides(argv: list[str]) -> list[str]:
             path = args[i + 1]
     if path is None:
         return []
-    file, _, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location("_launch_config", file)
-    if spec is None or not Path(file).is_file():
-        return [f"--config: no such config file {file!r}"]
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from cervix_jax.train.config import load_config
     try:
-        config = module.get_config(arg or None)
-    except (ValueError, KeyError, TypeError) as e:
+        config = load_config(path)
+    except FileNotFoundError as e:
+        return [str(e)]
+    except (ValueError, KeyError, TypeError) as e:   # e.g. a config file's unknown argument
         return [f"--config={path}: {e}"]
     errors = []
     for i, a in enumerate(args):

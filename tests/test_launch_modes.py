@@ -89,7 +89,7 @@ def sweep_run(tmp_path_factory, env, data_dir):
     wd = tmp_path_factory.mktemp("sweep") / "run"
     p = ok(launch(env, "sweep", "--config", "configs/demo.py", "--workdir", wd, *SMOKE,
                   f"--config.data.data_dir={data_dir}", "--config.model.backbone=tiny",
-                  "--config.sweep.grid=((\"data.blur\", (0, 3)),)"))
+                  "--config.sweep.trainer=cached_heads", "--config.sweep.grid=((\"data.blur\", (0, 3)),)"))
     return wd, p
 
 
@@ -182,7 +182,7 @@ def test_eval_and_explain_on_a_sweep_point(sweep_run, data_dir, env, tmp_path):
     pdir = wd / "points" / "data.blur=3"
     before = snapshot(pdir, recursive=True)
     base = ["--config", "configs/demo.py", "--workdir", pdir, *SMOKE, f"--config.data.data_dir={data_dir}",
-            "--config.model.backbone=tiny", "--config.data.blur=3"]
+            "--config.model.backbone=tiny", "--config.sweep.trainer=cached_heads", "--config.data.blur=3"]
     p = launch(env, "explain", *base)
     assert p.returncode == 2, p.stderr[-3000:]
     assert "--out DIR" in p.stderr and "launch.py train" not in p.stderr, p.stderr[-3000:]

@@ -13,9 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from cervix_jax.train import identity, loop
+from cervix_jax.train import identity, loop, scoring
 from cervix_jax.train.checkpoint import (Checkpoints, CheckpointMismatchError, NoUsableCheckpointError)
 from cervix_jax.train.config import base_config, validate
+from cervix_jax.train.data import local_data
 from cervix_jax.train.lock import LOCK_NAME, WorkdirLockedError, workdir_lock
 
 
@@ -39,7 +40,7 @@ def trained(tmp_path_factory):
 def template(config):
     from cervix_jax.train.state import create_state, make_optimizer
     from cervix_jax.train.task import make_task
-    data = loop.local_data(config)
+    data = local_data(config)
     return create_state(make_task(config), make_optimizer(config.train), seed=config.seed,
                         image_shape=data.image_shape, num_examples=data.num_examples)[0]
 
@@ -251,10 +252,11 @@ def strict_loads(text):
 
 def test_nonfinite_input_is_flagged_and_never_a_class(trained, tmp_path, rng):
     from cervix_jax.explain.run import explain_to_dir
-    from cervix_jax.train.evaluate import restore_trained
+    from cervix_jax.train.checkpoint import restore
     c = tiny_config()
-    data = loop.local_data(c)
-    task, variables, _ = restore_trained(c, trained, data)
+    data = local_data(c)
+    run = restore(c, trained, data)
+    task, variables = run.task, run.variables
     examples = [e for e in data.examples("test", 16) if e["label"] == 0][:3]
     k = int(rng.integers(0, len(examples)))
     image = examples[k]["image"].copy()
@@ -271,10 +273,11 @@ def test_nonfinite_input_is_flagged_and_never_a_class(trained, tmp_path, rng):
 def test_nan_scores_are_no_class_and_json_stays_strict(trained, tmp_path):
     import jax
     from cervix_jax.explain.run import explain_to_dir
-    from cervix_jax.train.evaluate import restore_trained
+    from cervix_jax.train.checkpoint import restore
     c = tiny_config()
-    data = loop.local_data(c)
-    task, variables, _ = restore_trained(c, trained, data)
+    data = local_data(c)
+    run = restore(c, trained, data)
+    task, variables = run.task, run.variables
     poisoned = jax.tree.map(lambda x: np.array(x), variables)
     poisoned["params"]["dense"]["kernel"][:] = np.nan
     examples = [e for e in data.examples("test", 16) if e["label"] == 0][:2]
@@ -289,11 +292,11 @@ def test_nan_scores_are_no_class_and_json_stays_strict(trained, tmp_path):
     from cervix_jax.train.parallel import data_parallel
     from cervix_jax.train.steps import eval_step
     p_eval = data_parallel(functools.partial(eval_step, task=task), c.parallel.wrapper, num_replicated=2)
-    with pytest.raises(loop.NonFiniteScoreError, match="ids \\["):
-        loop.score_split(p_eval, poisoned["params"], poisoned["frozen"], data.eval["test"])
+    with pytest.raises(scoring.NonFiniteScoreError, match="ids \\["):
+        scoring.score_split(p_eval, poisoned["params"], poisoned["frozen"], data.eval["test"])
 
 
 def test_strict_json_writer():
-    from cervix_jax.jsonsafe import dumps
+    from cervix_jax.train.rundir import strict_dumps as dumps
     obj = {"a": float("nan"), "b": [1.0, float("inf"), np.float32(2.5)], "c": np.array([np.nan, 3.0])}
     assert strict_loads(dumps(obj)) == {"a": None, "b": [1.0, None, 2.5], "c": [None, 3.0]}

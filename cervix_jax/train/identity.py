@@ -20,8 +20,10 @@ from typing import Any
 
 from cervix_jax.train.errors import RunRefused
 
-CONFIG_NAME = "config.json"
-CHANGES_NAME = "config_changes.jsonl"
+from cervix_jax.train import rundir
+
+CONFIG_NAME = rundir.CONFIG
+CHANGES_NAME = rundir.CONFIG_CHANGES
 
 # Keys a resumed run may change: they do not change what a step computes.
 ALLOWED_CHANGES: dict[str, str] = {
@@ -34,7 +36,8 @@ ALLOWED_CHANGES: dict[str, str] = {
     "parallel.distributed": "multi-host start-up",
     "explain.*": "explanation settings (no effect on training)",
     "sweep.grid": "a sweep's grid (points are keyed by their values)",
-    "sweep.fast": "the sweep's fast path (matches the ordinary runs)",
+    "sweep.trainer": "the sweep's trainer (the cached-feature heads match the ordinary runs)",
+    "sweep.reports": "the reports written from the points",
 }
 # Further keys `eval` and `explain` may change: they only decide what is evaluated.
 EVAL_ALLOWED_CHANGES: dict[str, str] = {
@@ -86,7 +89,7 @@ def saved_config(workdir) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        return rundir.read_config(workdir)
     except ValueError as err:
         raise ConfigChangedError(f"{path}: not valid JSON ({err}); restore it or use a new workdir") from err
 
@@ -98,13 +101,12 @@ def record(config, workdir, *, mode: str, force: bool = False) -> dict:
     new = as_json(config)
     saved = saved_config(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / CONFIG_NAME
     if saved is None:
         if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()) and not force:
             raise ConfigChangedError(
                 f"{workdir} holds checkpoints but no {CONFIG_NAME}: the config they were made with is "
                 f"unknown. Pass --force_new_config to adopt this config for them, or use a new workdir.")
-        _write(path, new)
+        rundir.write_config(workdir, new)
         return {}
     diff = differences(saved, new)
     refused = {k: v for k, v in diff.items() if not _allowed(k, ALLOWED_CHANGES)}
@@ -115,11 +117,10 @@ def record(config, workdir, *, mode: str, force: bool = False) -> dict:
             f"{', '.join(ALLOWED_CHANGES)}. Use the run's config, a new --workdir, or --force_new_config "
             f"to accept the change (recorded in {CHANGES_NAME}).")
     if diff:
-        with (workdir / CHANGES_NAME).open("a") as f:
-            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mode": mode,
-                                "forced": bool(refused), "changes": {k: list(v) for k, v in diff.items()}},
-                               allow_nan=False) + "\n")
-        _write(path, new)
+        rundir.append_config_change(workdir, {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mode": mode, "forced": bool(refused),
+            "changes": {k: list(v) for k, v in diff.items()}})
+        rundir.write_config(workdir, new)
         print(f"config changes accepted for {workdir} ({'forced' if refused else 'allowed'}):\n{_fmt(diff)}",
               flush=True)
     return diff
@@ -136,11 +137,10 @@ def recorded(config, workdir, *, mode: str, force: bool = False):
         yield diff
     except CheckpointMismatchError:
         if diff and before is not None:
-            _write(Path(workdir) / CONFIG_NAME, before)
-            with (Path(workdir) / CHANGES_NAME).open("a") as f:
-                f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mode": mode,
-                                    "reverted": sorted(diff), "why": "the checkpoints were made for "
-                                    "another state tree"}) + "\n")
+            rundir.write_config(workdir, before)
+            rundir.append_config_change(workdir, {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mode": mode,
+                "reverted": sorted(diff), "why": "the checkpoints were made for another state tree"})
         raise
 
 
@@ -159,9 +159,3 @@ def check_read_only(config, workdir, *, mode: str) -> dict:
             f"trained with):\n{_fmt(refused)}\nUse the same config file and overrides as the run "
             f"(`{mode}` may change only: {', '.join(allow)}).")
     return diff
-
-
-def _write(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False))
-    tmp.replace(path)
