@@ -81,6 +81,8 @@ def get_config(arg: str | None = None):
         c.model.freeze_blocks = fz[0]
 
     seeds = ("seed+data.split_seed", SEEDS)        # zipped: run k has init seed k and split k
+    if any(a in SWEEPS for a in args):
+        c.sweep.reports = ("summary", "paper_a_table1")
     if "table1_free" in args or "table1_box" in args:
         c.sweep.grid = (("model.arch", ARCHS), seeds)
     if "table1_crop" in args:

@@ -93,7 +93,7 @@ def _config(arch, crop="none", freeze=0, input_size=(32, 32)):
                                                    ("inception", "none", 0, (0, 0))])
 def test_one_train_step_changes_params_and_shapes(arch, crop, freeze, size, rng):
     # every computation under one jit each: op-by-op dispatch compiles per shape (slow on a busy CPU)
-    task = task_baseline.make(_config(arch, crop, freeze, size))
+    task = task_baseline.make(_config(arch, crop, freeze, size).model)
     variables = jax.jit(task.init, static_argnums=1)(jax.random.PRNGKey(rng.integers(1 << 30)), (48, 64, 3))
     b = 3
     mask = np.zeros((b, 48, 64), np.uint8)
@@ -136,15 +136,15 @@ def test_box_source_file_and_config_errors(tmp_path, rng):
     np.savez(tmp_path / "boxes.npz", id=np.array([3, 0, 2, 1]), box=boxes)
     c = _config("lenet", "box")
     c.model.box_source = str(tmp_path / "boxes.npz")
-    task = task_baseline.make(c)
-    got = task.batch_boxes({"image": jnp.zeros((2, 48, 64, 3)), "id": jnp.array([2, 3])})
-    np.testing.assert_array_equal(got, boxes[[2, 0]])
+    task = task_baseline.make(c.model)
+    got = task.batch_boxes({"image": jnp.zeros((3, 48, 64, 3)), "id": jnp.array([2, 3, 7])})
+    np.testing.assert_array_equal(got, np.concatenate([boxes[[2, 0]], [[0, 0, 48, 64]]]))  # 7: no box
     with pytest.raises(ValueError, match="only arch 'vgg16'"):
-        task_baseline.make(_config("lenet", freeze=1))
+        task_baseline.make(_config("lenet", freeze=1).model)
     with pytest.raises(ValueError, match="config.model.crop"):
-        task_baseline.make(_config("lenet", crop="corner"))
+        task_baseline.make(_config("lenet", crop="corner").model)
     with pytest.raises(ValueError, match="config.model.arch"):
-        task_baseline.make(_config("resnet"))
+        task_baseline.make(_config("resnet").model)
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_vgg16_task_freezes_converted_blocks(vgg16_golden, monkeypatch, rng):
     monkeypatch.setattr(cli, "read_state_dict", lambda path: sd)
     c = _config("vgg16", freeze=3)
     c.model.update(width=1.0, fc_width=4096, checkpoint="vgg16.pth")
-    task = task_baseline.make(c)
+    task = task_baseline.make(c.model)
     variables = task.init(jax.random.PRNGKey(rng.integers(1 << 30)), (48, 64, 3))     # reads the state dict
     frozen, params = variables["frozen"], variables["params"]
     assert set(frozen) == {f"Conv_{i}" for i in range(7)}

@@ -37,7 +37,7 @@ def test_table1_chooses_k_on_validation_and_averages_runs(tmp_path, rng):
     val_auc = {48: 0.6, 64: 0.9, 80: 0.7}
     crop_m = {k: [_point(crop, f"k={k}__seed={s}", dict(base, crop="center", crop_size=k), rng, v + 0.01 * s)
                   for s in range(2)] for k, v in val_auc.items()}
-    result = paper_a.write(tmp_path / "out", [free, crop])
+    result = paper_a.write_many(tmp_path / "out", [free, crop])
     rows = {r["approach"]: r for r in result["rows"]}
     crop_name = "Crop-k VGG16 (k=64, chosen on val)"
     patch_name = "Patch model (iterative regulator, Eqn. 5 sum)"

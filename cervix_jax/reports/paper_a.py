@@ -2,8 +2,8 @@
 
     python -m cervix_jax.reports.paper_a OUT_DIR SWEEP_WORKDIR [SWEEP_WORKDIR ...] [--tsne]
 
-Reads every point of the sweeps (`points/<name>/` with `config.json`, `eval/metrics.json`,
-`eval/scores_{val,test}.csv`), names each point's approach from its config (`approach`), chooses
+Reads every evaluated point of the sweeps (`points/<name>/`, through `cervix_jax.train.rundir`:
+its config, eval metrics and val/test scores), names each point's approach from its config (`approach`), chooses
 Crop-k's k per architecture on validation AUC (the mean over its runs, as the paper chose k on
 validation), and writes into OUT_DIR:
 
@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from cervix_jax.train import rundir
 
 METRICS = ("accuracy", "f1", "precision", "recall", "auc", "one_minus_eer")
 ARCH_NAMES = {"lenet": "LeNet (Vasudha'18)", "caffenet": "CaffeNet (Xu'17)", "vgg16": "VGG16",
@@ -52,27 +53,18 @@ def approach(config: dict) -> tuple[str, bool, str]:
     return arch, False, ""
 
 
-def _read_scores(path: Path) -> dict[str, np.ndarray]:
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    return {"id": np.array([int(r["id"]) for r in rows]), "label": np.array([int(r["label"]) for r in rows]),
-            "score": np.array([float(r["score"]) for r in rows])}
-
-
 def collect(workdirs) -> list[dict]:
     """Every finished point of the sweeps: {approach, annotation, k, dir, config, metrics, scores}."""
     runs = []
     for wd in workdirs:
         for point in sorted((Path(wd) / "points").glob("*")):
-            mfile = point / "eval" / "metrics.json"
-            if not mfile.exists():
+            if not rundir.eval_done(point):
                 continue
-            config = json.loads((point / "config.json").read_text())
+            config = rundir.read_config(point)
             name, annotation, k = approach(config)
             runs.append({"approach": name, "annotation": annotation, "k": k, "dir": point, "config": config,
-                         "metrics": json.loads(mfile.read_text()),
-                         "scores": {s: _read_scores(point / "eval" / f"scores_{s}.csv")
-                                    for s in ("val", "test")}})
+                         "metrics": rundir.read_eval(point),
+                         "scores": {s: rundir.read_scores(point, s) for s in ("val", "test")}})
     if not runs:
         raise FileNotFoundError(f"no finished sweep point (points/*/eval/metrics.json) under "
                                 f"{[str(w) for w in workdirs]}")
@@ -206,12 +198,13 @@ def test_features(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     import jax
     import ml_collections as mlc
 
-    from cervix_jax.train.evaluate import restore_trained
-    from cervix_jax.train.loop import local_data
+    from cervix_jax.train.checkpoint import restore
+    from cervix_jax.train.data import local_data
 
-    config = mlc.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+    config = mlc.ConfigDict(rundir.read_config(run_dir))
     data = local_data(config)
-    task, variables, _ = restore_trained(config, run_dir, data)
+    run = restore(config, run_dir, data, which="best")
+    task, variables = run.task, run.variables
     if not hasattr(task, "image_features"):
         raise TypeError(f"{run_dir}: task {task.name!r} has no image_features")
     fn = jax.jit(task.image_features)
@@ -277,8 +270,15 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else float("nan")
 
 
-def write(out_dir, workdirs, *, tsne: bool = False) -> dict:
-    """Table 1 and Fig. 4 (a-c, and d with tsne) into out_dir; returns what was written."""
+def write(config, workdir) -> dict:
+    """The report-registry entry (`config.sweep.reports = (..., "paper_a_table1")`): Table 1 and
+    Fig. 4 a-c of this one sweep, into its workdir. Across sweeps use `write_many` (the CLI)."""
+    del config
+    return write_many(workdir, [workdir])
+
+
+def write_many(out_dir, workdirs, *, tsne: bool = False) -> dict:
+    """Table 1 and Fig. 4 (a-c, and d with tsne) of the points of several sweeps into out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = choose_k(collect(workdirs))
@@ -300,7 +300,7 @@ def main(argv=None) -> dict:
     p.add_argument("workdirs", nargs="+")
     p.add_argument("--tsne", action="store_true", help="Fig. 4d (restores a checkpoint per approach)")
     a = p.parse_args(argv)
-    result = write(a.out_dir, a.workdirs, tsne=a.tsne)
+    result = write_many(a.out_dir, a.workdirs, tsne=a.tsne)
     print(table1_markdown(result["rows"]))
     return result
 

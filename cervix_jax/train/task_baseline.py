@@ -1,6 +1,6 @@
 """The `Task` for paper A's Table 1 baselines: a whole-image CNN on the downsampled image or a crop.
 
-config.model keys (family "baseline", defaults in `cervix_jax/train/config.py`):
+config.model keys (family "baseline", defaults `DEFAULTS`):
   arch           "lenet" | "caffenet" | "vgg16" | "inception" (`cervix_jax.models.baselines`)
   input_size     (h, w) the network's input, (0, 0) = the paper's size for the arch capped at the
                  image's shorter side (`baselines.input_hw`); the image (or crop) is resampled to it
@@ -12,7 +12,8 @@ config.model keys (family "baseline", defaults in `cervix_jax/train/config.py`):
   crop_size      k in pixels of the pipeline's image (config.data.pad_to), for crop="center"
   box_source     for crop="box": "oracle" (the ground-truth cervix mask's box: an upper bound for a
                  detector; needs config.data.with_masks) or the path of an .npz with `id` [N] and
-                 `box` [N, 4] (y0, x0, y1, x1 in the pipeline image's pixels), e.g. stage-1 detections
+                 `box` [N, 4] (y0, x0, y1, x1 in the pipeline image's pixels), e.g. stage-1 detections;
+                 an image without a box there (or with nan) is seen whole
   box_margin     the box grows by this fraction of its size on every side (clipped to the image)
   freeze_blocks  vgg16 only: conv blocks 1..k are frozen (Table 1's FZ1-FZ4; 0 = all trained)
   checkpoint     vgg16 only: a torchvision vgg16 state dict (.pth/.pt needs torch, .safetensors, .npz)
@@ -34,14 +35,16 @@ from flax import traverse_util
 
 from cervix_jax.models import baselines
 from cervix_jax.models.parts import ExplainableModel
+from cervix_jax.train.task import Task
 
 CROPS = ("none", "center", "box")
+DEFAULTS = {"arch": "vgg16", "input_size": (0, 0), "width": 1.0, "fc_width": 4096, "crop": "none",
+            "crop_size": 0, "box_source": "oracle", "box_margin": 0.1, "freeze_blocks": 0, "checkpoint": ""}
 
 
 @dataclasses.dataclass
-class BaselineTask:
+class BaselineTask(Task):
     model_config: object
-    image_hw: tuple[int, int]
     name: str = "baseline"
 
     def __post_init__(self):
@@ -52,8 +55,8 @@ class BaselineTask:
             raise ValueError(f"config.model.crop: expected one of {CROPS}, found {m.crop!r}")
         if m.crop == "center" and int(m.crop_size) <= 0:
             raise ValueError(f"config.model.crop_size: Crop-k needs k > 0 pixels, found {m.crop_size}")
-        cap = (int(m.crop_size),) * 2 if m.crop == "center" else self.image_hw   # never upsample
-        self.input_hw = baselines.input_hw(m.arch, cap, tuple(m.input_size))
+        self.crop_size = int(m.crop_size)
+        self.requested_input = tuple(int(v) for v in m.input_size)
         self.crop = m.crop
         self.margin = float(m.box_margin)
         self.freeze_blocks = int(m.freeze_blocks)
@@ -76,21 +79,28 @@ class BaselineTask:
             if boxes.shape != (len(ids), 4):
                 raise ValueError(f"{m.box_source}: expected box [N, 4] for id [N], found {boxes.shape} "
                                  f"for {ids.shape}")
-            table = np.tile(np.array([0, 0, *self.image_hw], np.float32), (int(ids.max()) + 1, 1))
+            table = np.full((int(ids.max()) + 1, 4), np.nan, np.float32)
             table[ids] = boxes
-            self.boxes = jnp.asarray(table)
-        self.center = baselines.center_box(self.image_hw, int(m.crop_size))
+            self.boxes = jnp.asarray(table)          # ids without a box: nan -> the whole image
+
+    def input_hw(self, image_hw) -> tuple[int, int]:
+        """The network input for images of image_hw (the paper's size, capped at what it sees)."""
+        cap = (self.crop_size,) * 2 if self.crop == "center" else tuple(image_hw)   # never upsample
+        return baselines.input_hw(self.arch, cap, self.requested_input)
 
     # -- the image -> network input ----------------------------------------------------------------
     def batch_boxes(self, batch) -> jax.Array:
         """[b, 4] boxes (y0, x0, y1, x1) of the batch's images for the configured crop."""
-        b = batch["image"].shape[0]
+        b, h, w = batch["image"].shape[:3]
+        whole = jnp.array([0, 0, h, w], jnp.float32)
         if self.crop == "none":
-            return jnp.broadcast_to(jnp.array([0, 0, *self.image_hw], jnp.float32), (b, 4))
+            return jnp.broadcast_to(whole, (b, 4))
         if self.crop == "center":
-            return jnp.broadcast_to(jnp.asarray(self.center), (b, 4))
+            return jnp.broadcast_to(jnp.asarray(baselines.center_box((h, w), self.crop_size)), (b, 4))
         if self.boxes is not None:
-            return self.boxes[batch["id"]]
+            rows = self.boxes[jnp.clip(batch["id"], 0, self.boxes.shape[0] - 1)]
+            known = (batch["id"] < self.boxes.shape[0]) & jnp.all(jnp.isfinite(rows), axis=1)
+            return jnp.where(known[:, None], rows, whole)
         if "cervix_mask" not in batch:
             raise KeyError("config.model.crop='box' with box_source='oracle' needs the cervix mask in "
                            "the batch: set config.data.with_masks=True")
@@ -100,7 +110,8 @@ class BaselineTask:
         """[b, H, W, 3] -> [b, h, w, 3] network inputs (crop, then resample to input_size)."""
         chex.assert_rank(batch["image"], 4)
         boxes = self.batch_boxes(batch)
-        return jax.vmap(lambda x, bx: baselines.crop_resize(x, bx, self.input_hw))(batch["image"], boxes)
+        out = self.input_hw(batch["image"].shape[1:3])
+        return jax.vmap(lambda x, bx: baselines.crop_resize(x, bx, out))(batch["image"], boxes)
 
     # -- Task protocol -------------------------------------------------------------------------------
     def _split(self, params):
@@ -120,10 +131,12 @@ class BaselineTask:
         return {**params, **frozen}
 
     def init(self, rng, image_shape):
-        if tuple(image_shape[:2]) != self.image_hw:
-            raise ValueError(f"BaselineTask.init: image {image_shape}, config.data.pad_to {self.image_hw}")
+        if self.crop == "center" and self.crop_size > min(image_shape[:2]):
+            raise ValueError(f"config.model.crop_size={self.crop_size}: larger than the image "
+                             f"{tuple(image_shape[:2])} (config.data.pad_to)")
         # one jitted init (op-by-op init compiles one program per parameter shape)
-        params = jax.jit(self.module.init)(rng, jnp.zeros((1, *self.input_hw, 3), jnp.float32))["params"]
+        x = jnp.zeros((1, *self.input_hw(image_shape[:2]), 3), jnp.float32)
+        params = jax.jit(self.module.init)(rng, x)["params"]
         if self.checkpoint:
             from cervix_jax.convert.cli import read_state_dict
             from cervix_jax.convert.torchvision import vgg16_from_torchvision
@@ -136,7 +149,7 @@ class BaselineTask:
         trainable, frozen = self._split(params)
         return {"params": trainable, "frozen": frozen}
 
-    def init_example_state(self, num_examples: int):
+    def init_example_state(self, num_examples: int, image_shape=None):
         return None
 
     def logits(self, params, frozen, batch, *, train: bool = False, rng=None):
@@ -174,9 +187,12 @@ class BaselineTask:
         """Views on the network input: features(image) = the resampled whole image (crop "none" or
         "center"; the box crop needs masks, so explain it on its own inputs), head = the network."""
         v = {"params": self._merge(variables["params"], variables["frozen"])}
-        box = jnp.asarray(self.center if self.crop == "center" else
-                          np.array([0, 0, *self.image_hw], np.float32))
-        features = lambda image: baselines.crop_resize(image, box, self.input_hw)
+
+        def features(image):
+            h, w = image.shape[:2]
+            box = (baselines.center_box((h, w), self.crop_size) if self.crop == "center" else
+                   np.array([0, 0, h, w], np.float32))
+            return baselines.crop_resize(image, box, self.input_hw((h, w)))
 
         def head(x):
             p = jax.nn.sigmoid(self.module.apply(v, x[None])[0])
@@ -186,5 +202,5 @@ class BaselineTask:
                                 class_names=("normal", "dysplasia"))
 
 
-def make(config) -> BaselineTask:
-    return BaselineTask(config.model, tuple(int(v) for v in config.data.pad_to))
+def make(model_config) -> BaselineTask:
+    return BaselineTask(model_config)
