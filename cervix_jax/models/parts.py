@@ -10,8 +10,21 @@ import dataclasses
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
+
+# Mixed precision (config.model.dtype): the compute dtype of convolutions and dense layers.
+# Parameters, optimizer state, losses, metrics and the outputs a model hands to the engine or the
+# explainers stay float32 whatever this is.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(name: str):
+    """config.model.dtype ("float32" | "bfloat16") -> the jnp dtype of the activations."""
+    if str(name) not in COMPUTE_DTYPES:
+        raise ValueError(f"config.model.dtype: expected one of {COMPUTE_DTYPES}, found {name!r}")
+    return jnp.dtype(str(name))
 
 
 @dataclasses.dataclass(frozen=True)

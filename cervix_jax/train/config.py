@@ -31,6 +31,7 @@ def base_config(model: str = "tiny") -> mlc.ConfigDict:
 
     c.model = mlc.ConfigDict()
     c.model.name = model
+    c.model.dtype = "float32"               # compute dtype, "float32" | "bfloat16" (params stay float32)
     c.model.update(_MODEL_DEFAULTS.get(model, {}))
 
     c.train = mlc.ConfigDict()

@@ -11,7 +11,7 @@ built in memory, never written to disk. Groups are pairs of ids.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import chex
 import flax.linen as nn
@@ -19,19 +19,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cervix_jax.models.parts import ExplainableModel
+from cervix_jax.models.parts import ExplainableModel, compute_dtype
 
 
 class TinyCNN(nn.Module):
     width: int = 8
+    dtype: Any = jnp.float32        # compute dtype of the convs (config.model.dtype)
 
     def setup(self):
-        self.conv1 = nn.Conv(self.width, (3, 3))
-        self.conv2 = nn.Conv(self.width, (3, 3))
+        self.conv1 = nn.Conv(self.width, (3, 3), dtype=self.dtype)
+        self.conv2 = nn.Conv(self.width, (3, 3), dtype=self.dtype)
         self.dense = nn.Dense(2)
 
     def features(self, x):
-        return nn.relu(self.conv2(nn.relu(self.conv1(x))))
+        return nn.relu(self.conv2(nn.relu(self.conv1(x)))).astype(jnp.float32)
 
     def head(self, f):
         return nn.softmax(self.dense(f.mean((-3, -2))))
@@ -45,10 +46,11 @@ class TinyTask:
     width: int
     example_state: bool
     name: str = "tiny"
+    dtype: str = "float32"
 
     @property
     def module(self) -> TinyCNN:
-        return TinyCNN(self.width)
+        return TinyCNN(self.width, compute_dtype(self.dtype))
 
     def init(self, rng, image_shape):
         x = jnp.zeros((1, *image_shape), jnp.float32)
@@ -92,7 +94,8 @@ class TinyTask:
 
 
 def make(config) -> TinyTask:
-    return TinyTask(width=config.model.width, example_state=config.model.example_state)
+    return TinyTask(width=config.model.width, example_state=config.model.example_state,
+                    dtype=config.model.get("dtype", "float32"))
 
 
 # ---------------------------------------------------------------------------------------------
