@@ -6,6 +6,7 @@ LOSS_TOL (relative). bf16 keeps 8 mantissa bits (relative rounding 2^-9 ~ 2e-3 p
 few layers of accumulated rounding stay well inside 2e-2. Parameters, gradients, optimizer state,
 losses, metrics and predictions stay float32; the convolutions really run in bf16 (the jaxpr says so).
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,11 +35,13 @@ def _config(family: str):
         return c
     if family == "pyramid":
         from configs.pyramid import get_config
+
         c = get_config("p3p6p7,runlocal")
         c.data.pad_to = (64, 96)
         return c
     from configs.patch import get_config
-    c = get_config("runlocal,fixed")      # the regulator's refit is float32 maths, not the model's
+
+    c = get_config("runlocal,fixed")  # the regulator's refit is float32 maths, not the model's
     c.data.pad_to = (32, 48)
     c.model.patch_size = 8
     return c
@@ -51,6 +54,7 @@ def _float32_leaves(tree) -> bool:
 def _random_variables(shapes, rng):
     """Random variables of the given shapes (compiling `task.init` costs more than the test):
     kernels N(0, 1 / fan_in), BatchNorm scale and var in [0.5, 1.5], biases and means N(0, 0.1^2)."""
+
     def leaf(path, s):
         name = str(path[-1].key) if hasattr(path[-1], "key") else ""
         if name == "kernel":
@@ -60,6 +64,7 @@ def _random_variables(shapes, rng):
         else:
             x = rng.normal(size=s.shape) * 0.1
         return jnp.asarray(x, s.dtype)
+
     return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
@@ -77,10 +82,15 @@ def test_bf16_agrees_with_float32(family, rng, seed):
     v = _random_variables(shapes32, rng)
 
     n = 4
-    batch = {"image": jnp.asarray(rng.uniform(0, 1, (n, h, w, 3)), jnp.float32),
-             "label": jnp.asarray(rng.integers(0, 2, n), jnp.int32),
-             "id": jnp.arange(n, dtype=jnp.int32), "weight": jnp.ones(n, jnp.float32)}
-    predict32, predict16 = (jax.jit(lambda b, t=t: t.predict(v["params"], v["frozen"], b)) for t in (t32, t16))
+    batch = {
+        "image": jnp.asarray(rng.uniform(0, 1, (n, h, w, 3)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, 2, n), jnp.int32),
+        "id": jnp.arange(n, dtype=jnp.int32),
+        "weight": jnp.ones(n, jnp.float32),
+    }
+    predict32, predict16 = (
+        jax.jit(lambda b, t=t: t.predict(v["params"], v["frozen"], b)) for t in (t32, t16)
+    )
     p32, p16 = predict32(batch), predict16(batch)
     assert p16.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(p16), np.asarray(p32), atol=PROB_TOL, rtol=0)
@@ -91,8 +101,9 @@ def test_bf16_agrees_with_float32(family, rng, seed):
 
     state = t16.init_example_state(n)
     rows = None if state is None else jax.tree.map(lambda x: x[batch["id"]], state)
-    loss32, loss16 = ((lambda p, t=t: t.loss(p, v["frozen"], batch, rows, jax.random.PRNGKey(0)))
-                      for t in (t32, t16))
+    loss32, loss16 = (
+        (lambda p, t=t: t.loss(p, v["frozen"], batch, rows, jax.random.PRNGKey(0))) for t in (t32, t16)
+    )
     (l16, aux16), g16 = jax.jit(jax.value_and_grad(loss16, has_aux=True))(v["params"])
     l32, _ = jax.jit(loss32)(v["params"])
     assert l16.dtype == jnp.float32 and _float32_leaves(aux16["metrics"]) and _float32_leaves(g16)
