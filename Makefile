@@ -1,4 +1,4 @@
-# The two commands of the README's quick start: `make demo` and `make test`.
+# The two commands of the README's quick start: `make demo` and `make test`; `make lint` runs ruff.
 # Both create .venv (Python 3.11+) and install the package with its test extras on first use.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test setup browser clean bench bench-quick
+.PHONY: demo test lint setup browser clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) benchmarks/suite.py --mode quick $(ARGS)
+
+# Style check (pyproject.toml's [tool.ruff]: line length 110, pycodestyle E and pyflakes F rules).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) runs

@@ -28,7 +28,7 @@ _SPLIT = flags.DEFINE_string("split", "test", "review: the split to review")
 _PORT = flags.DEFINE_integer("port", 8765, "review: port")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "review: interface to bind")
 _REVIEWER = flags.DEFINE_string("reviewer", None, "review: reviewer name")
-_BLIND = flags.DEFINE_boolean("blind", False, "review: hide labels and scores")
+_BLIND = flags.DEFINE_boolean("blind", False, "review: hide method names (panels A, B, shuffled)")
 _ALLOW_REMOTE = flags.DEFINE_boolean("allow_remote", False, "review: allow binding a non-loopback host")
 
 
@@ -55,19 +55,19 @@ def run(mode: str, config, workdir: Path) -> dict:
         from cervix_jax.train.evaluate import evaluate
         return evaluate(config, workdir)
     if mode == "explain":
-        from cervix_jax.train.evaluate import explain
-        return {"explain_dir": str(explain(config, workdir))}
+        from cervix_jax.train.evaluate import explain_split
+        return {"explain_dir": str(explain_split(config, workdir))}
     if mode == "sweep":
         from cervix_jax.train.sweep import sweep
         return sweep(config, workdir)
     if mode == "demo":
-        from cervix_jax.train.evaluate import evaluate, explain
+        from cervix_jax.train.evaluate import evaluate, explain_split
         from cervix_jax.train.loop import train
         out = {"prepare": prepare(config), "train": train(config, workdir)}
         if out["train"]["status"] == "interrupted":
             return out
         out["eval"] = evaluate(config, workdir)
-        out["explain_dir"] = str(explain(config, workdir))
+        out["explain_dir"] = str(explain_split(config, workdir))
         return out
     raise app.UsageError(f"mode: expected one of {MODES}, found {mode!r}")
 

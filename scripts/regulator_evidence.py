@@ -103,7 +103,7 @@ def patch_weights(task, params, images: np.ndarray, batch: int = 32) -> np.ndarr
 
 def measure_point(config, pdir: Path, data, train_ex, test_ex, explain: bool) -> dict:
     from cervix_jax import regulator
-    from cervix_jax.train.evaluate import explain as engine_explain
+    from cervix_jax.train.evaluate import explain_split
 
     p = int(config.model.patch_size)
     index_path = pdir / "explain" / config.explain.split / "index.json"
@@ -111,7 +111,7 @@ def measure_point(config, pdir: Path, data, train_ex, test_ex, explain: bool) ->
         if not explain:
             raise FileNotFoundError(f"{index_path}: run with --explain (or `launch.py explain`) first")
         t0 = time.time()
-        engine_explain(config, pdir)
+        explain_split(config, pdir)
         print(f"  explained {pdir.name} in {time.time() - t0:.0f} s", flush=True)
     index = json.loads(index_path.read_text())
     per_image = {int(it["id"]): it["metrics"]["weights"] for it in index["items"]}
@@ -303,7 +303,7 @@ def main():
                 xa = np.nanmean([sa[s][k] for s in seeds], axis=0)
                 xb = np.nanmean([sb[s][k] for s in seeds], axis=0)
                 ok = np.isfinite(xa) & np.isfinite(xb)
-                ci = paired_bootstrap_diff(lambda v, l: float(np.mean(v)), xa[ok], xb[ok], labels[ok],
+                ci = paired_bootstrap_diff(lambda v, _labels: float(np.mean(v)), xa[ok], xb[ok], labels[ok],
                                            groups[ok], n_boot=args.n_boot, seed=0)
                 cell = f"{ci['estimate']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
                 paired[f"{a}-{b}:{k}"] = {"per_seed": per_seed, "bootstrap": ci}

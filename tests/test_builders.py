@@ -37,6 +37,7 @@ def test_tiny_reads_back_without_tensorflow(tiny):
     assert [int(r["id"]) for r in rows] == list(range(48))
     labels = np.array([int(r["label"]) for r in rows])
     assert labels.sum() == 16 and len(set(int(r["dysplasia"]) for r in rows)) == 2
+    assert {int(r["reason"]) > 0 for r in rows} == {0, 1} and rows[0]["cervix_box"].shape == (4,)
     for i in RNG.choice(48, 3, replace=False):  # bit-exact against the generator
         ref = synthetic.generate_example(cfg, int(i))
         for k, v in ref.items():
@@ -49,7 +50,7 @@ def test_prepare_and_load_source_from_config(tiny):
     data = base_config().data
     data.data_dir = str(tiny.data_dir_root)  # already built: prepare() must reuse it
     source, info = builders.load_source(data)
-    assert info.full_name == "synthetic_cervix/tiny/1.0.0" and len(source) == 48
+    assert info.full_name == "synthetic_cervix/tiny/2.0.0" and len(source) == 48
     assert "tensorflow" not in sys.modules
 
 
@@ -61,6 +62,9 @@ def test_paper_configs_declared():
     assert (b["paper_a"].synthetic.height, b["paper_a"].synthetic.width, b["paper_a"].synthetic.num_images) == (
         1176, 1176, 978)
     assert b["paper_a"].synthetic.label == "dysplasia"
+    assert (b["paper_a"].synthetic.placement, b["paper_b"].synthetic.placement) == ("centred", "anywhere")
+    assert b["evidence"].synthetic.placement == "off_centre"
+    assert {"tiny", "demo", "paper_b", "paper_a", "evidence"} <= set(b)  # v1 names kept
 
 
 def _save(path, array, **kw):

@@ -2,7 +2,6 @@
 cleanly, a corrupt latest checkpoint falls back to the previous one, a NaN loss stops naming the
 step and example ids. Tiny task with per-example state, in-memory data."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import pytest
 from cervix_jax.train import loop
 from cervix_jax.train.checkpoint import Checkpoints
 from cervix_jax.train.config import base_config
-from cervix_jax.train.evaluate import restore_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 

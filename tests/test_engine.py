@@ -3,9 +3,7 @@ against per-example predictions; early stopping and the kept best checkpoint; sw
 resumability and the mean/sd summary against NumPy."""
 import csv
 import json
-from pathlib import Path
 
-import jax
 import numpy as np
 
 from cervix_jax.train import loop

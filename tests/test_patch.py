@@ -46,14 +46,14 @@ def np_forward(params, image, patch, aggregation):
     for i in range(gh):
         for j in range(gw):
             x = img[None, i * patch:(i + 1) * patch, j * patch:(j + 1) * patch]
-            for l in range(3):
-                c = cnn[f"Conv_{l}"]
+            for k in range(3):
+                c = cnn[f"Conv_{k}"]
                 x = _np_pool(np.maximum(_np_conv_same(x, np.asarray(c["kernel"], np.float64),
                                                       np.asarray(c["bias"], np.float64)), 0))
             hj = x.reshape(-1)
             z = hj
-            for l in range(3):
-                z = np.maximum(_np_dense(z, params["weight_net"][f"Dense_{l}"]), 0)
+            for k in range(3):
+                z = np.maximum(_np_dense(z, params["weight_net"][f"Dense_{k}"]), 0)
             a = 1 / (1 + np.exp(-_np_dense(z, params["weight_net"]["Dense_3"])[0]))
             feats.append(hj)
             weights.append(a)
@@ -64,8 +64,8 @@ def np_forward(params, image, patch, aggregation):
         f = a @ h
     else:
         f = (a[:, None] * h).reshape(-1)
-    for l in range(2):
-        f = np.maximum(_np_dense(f, params["classifier"][f"Dense_{l}"]), 0)
+    for k in range(2):
+        f = np.maximum(_np_dense(f, params["classifier"][f"Dense_{k}"]), 0)
     logit = _np_dense(f, params["classifier"]["Dense_2"])[0]
     return logit, a.reshape(gh, gw), h.reshape(gh, gw, -1)
 

@@ -115,7 +115,8 @@ def test_refit_single_patch_gets_floored_eigenvalues(rng):
 def _invalid_cases(rng):
     pos = rng.uniform(0.1, 1.0, (3, 3))
     small = pos / pos.sum() * EPS_W * 0.5                                    # sum below eps_w
-    nan = pos.copy(); nan[rng.integers(3), rng.integers(3)] = np.nan         # not finite
+    nan = pos.copy()
+    nan[rng.integers(3), rng.integers(3)] = np.nan                           # not finite
     outside = np.array([[0.7, -0.8, 0.9], [-0.7, -0.7, 0.5], [0.9, -0.9, 0.6]])  # mu x = 3.2
     indefinite = np.array([[0.0, -0.4, 0.0], [1.0, 1.0, 1.0], [0.0, -0.4, 0.0]])  # var_y < 0
     return {"small_sum": small, "nan": nan, "outside": outside, "indefinite": indefinite}

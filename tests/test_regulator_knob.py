@@ -80,7 +80,6 @@ def test_minmax_ignores_the_floor_and_a_flat_map_keeps_the_previous_regulator():
     a[0, 5] = 0.9
     prev_mu, prev_cov = np.array([2.5, 1.5]), np.diag([9.0, 4.0])
     raw = task_patch.refit_weights(jnp.asarray(a), "raw")
-    mm = task_patch.refit_weights(jnp.asarray(a), "minmax")
     np.testing.assert_allclose(raw, a)
     mu_raw = _np_refit(prev_mu, prev_cov, np.asarray(raw), "raw")[0]
     mu_mm = _np_refit(prev_mu, prev_cov, a, "minmax")[0]

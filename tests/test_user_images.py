@@ -100,7 +100,8 @@ def test_tiny_image_skipped(tmp_path):
 def test_downscale_keeps_aspect_area_average(tmp_path):
     a = _rgb(48, 64)
     Image.fromarray(a).save(tmp_path / "big.png")
-    r = images.read_image(tmp_path / "big.png", max_side=32)
+    # min_side applies after the downscale
+    r = images.read_image(tmp_path / "big.png", max_side=32, min_side=16)
     ref = a.astype(np.float64).reshape(24, 2, 32, 2, 3).mean((1, 3))  # 2x2 block means
     assert r.image.shape == (24, 32, 3)
     assert np.abs(r.image - ref).max() <= 1.0
@@ -128,9 +129,10 @@ def test_discover_class_folders(tmp_path):
     _make(tmp_path / "Type_1" / "sub" / "b.jpg")
     (tmp_path / "Type_2" / "notes.txt").write_text("hello")
     _make(tmp_path / "loose.png")
-    layout, items, problems = images.discover(tmp_path, {"Type_1": 0, "Type_2": 1})
-    assert layout == "class_folders"
-    assert sorted((p.split("/")[-2] + "/" + p.split("/")[-1], l) for p, l in ((i.path, i.label) for i in items)) == [
+    found = images.discover(tmp_path, {"Type_1": 0, "Type_2": 1})
+    items, problems = found.items, found.problems
+    assert found.layout == "class_folders"
+    assert sorted((p.split("/")[-2] + "/" + p.split("/")[-1], lab) for p, lab in ((i.path, i.label) for i in items)) == [
         ("Type_1/a.png", 0), ("Type_2/a.png", 1), ("sub/b.jpg", 0)]
     reasons = {p["path"].split(str(tmp_path))[-1]: p["reason"] for p in problems}
     assert "not in a class folder" in reasons["/loose.png"]
@@ -144,8 +146,9 @@ def test_discover_manifest(tmp_path):
         _make(tmp_path / "img" / f"{n}.png")
     (tmp_path / "manifest.csv").write_text(
         "path,label,group\nimg/a.png,1,w1\nimg/b.png,0,w1\nimg/missing.png,0,w2\nimg/c.png,7,w3\nimg/a.png,1,w1\n")
-    layout, items, problems = images.discover(tmp_path, {"0": 0, "1": 1})
-    assert layout == "manifest"
+    found = images.discover(tmp_path, {"0": 0, "1": 1})
+    items, problems = found.items, found.problems
+    assert found.layout == "manifest"
     assert [(i.path.split("/")[-1], i.label, i.group) for i in items] == [("a.png", 1, "w1"), ("b.png", 0, "w1")]
     reasons = sorted((p["path"].split("/")[-1], p["reason"].split(" (")[0].split(":")[0][:20]) for p in problems)
     assert [r[0] for r in reasons] == ["a.png", "c.png", "d.png", "missing.png"]

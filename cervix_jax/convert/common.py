@@ -79,8 +79,8 @@ def strict_assemble(source: Mapping[str, np.ndarray], rules: Mapping[Path, Rule]
         out[path] = jnp.asarray(value, jnp.float32)
     unexpected = sorted(k for k in source if k not in used and k not in set(ignored))
     if missing or unexpected or misshaped:
-        parts = [_listing(t, l) for t, l in (("missing", missing), ("unexpected", unexpected),
-                                             ("mis-shaped", misshaped)) if l]
+        parts = [_listing(t, names) for t, names in (("missing", missing), ("unexpected", unexpected),
+                                             ("mis-shaped", misshaped)) if names]
         raise ConversionError(f"{where}: does not map exactly onto the network\n" + "\n".join(parts))
     if ignored:
         log.info("%s: ignored %d tensors on purpose: %s", where, len(ignored), ", ".join(ignored))

@@ -35,6 +35,21 @@ def resized_shape(shape: tuple[int, int], longer: int) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+def fitted_longer(shape: tuple[int, int], longer: int, box: tuple[int, int]) -> int:
+    """The longer border to resize an image of `shape` (h, w) to: `longer`, or less when the result
+    would not fit in `box` (H, W), e.g. a portrait image in a landscape pad_to (then it fills the
+    height). Largest L <= longer with resized_shape(shape, L) inside box."""
+    h, w = shape
+    height, width = box
+    fit = min(longer, int(np.floor(min(height / h, width / w) * max(h, w) + 1e-9)))
+    while fit > 1:
+        rh, rw = resized_shape(shape, fit)
+        if rh <= height and rw <= width:
+            break
+        fit -= 1
+    return max(1, fit)
+
+
 def resize_keep_aspect(image: np.ndarray, longer: int, *, nearest: bool = False) -> np.ndarray:
     """uint8 image [H, W, 3] or mask [H, W] resized so that its longer border is `longer`.
 
@@ -89,17 +104,20 @@ def preprocess(example: dict, *, image_size: int, pad_to: tuple[int, int], norma
                with_masks: bool = False, blur: int = 0) -> dict:
     """One example -> fixed-shape arrays for a batch.
 
-    image float32 [H, W, 3] (resized to longer side image_size, blurred with `gaussian_blur(., blur)`
-    when blur > 1, normalised, zero-padded to pad_to = (H, W)); label, id int32 []; weight float32 1;
-    valid uint8 [H, W]. With masks: the four masks uint8 [H, W] (nearest resize, same padding) and
-    display uint8 [H, W, 3] (the resized, blurred RGB image as the model sees it, for overlays).
+    image float32 [H, W, 3] (resized to longer side image_size, or less where that would not fit in
+    pad_to, aspect kept: a portrait image in a landscape pad_to fills its height; blurred with
+    `gaussian_blur(., blur)` when blur > 1, normalised, zero-padded to pad_to = (H, W)); label, id
+    int32 []; weight float32 1; valid uint8 [H, W]. With masks: the four masks uint8 [H, W] (nearest
+    resize, same padding) and display uint8 [H, W, 3] (the resized, blurred RGB image as the model sees
+    it, for overlays).
     """
     image = example["image"]
     chex.assert_rank(image, 3)
     if image.shape[-1] != 3 or image.dtype != np.uint8:
         raise ValueError(f"preprocess: example {example.get('id')}: expected image uint8 [H, W, 3], "
                          f"got {image.dtype} {image.shape}")
-    image = resize_keep_aspect(image, image_size)
+    longer = fitted_longer(image.shape[:2], image_size, pad_to)
+    image = resize_keep_aspect(image, longer)
     if blur > 1:
         image = np.asarray(gaussian_blur(image, blur))
     padded, valid = _pad_to(normalize(image, normalization), pad_to)
@@ -117,7 +135,7 @@ def preprocess(example: dict, *, image_size: int, pad_to: tuple[int, int], norma
             if mask.shape != example["image"].shape[:2]:
                 raise ValueError(f"preprocess: example {example.get('id')}: {key} has shape {mask.shape}, "
                                  f"image has {example['image'].shape[:2]}")
-            out[key] = _pad_to(resize_keep_aspect(mask, image_size, nearest=True), pad_to)[0]
+            out[key] = _pad_to(resize_keep_aspect(mask, longer, nearest=True), pad_to)[0]
     return out
 
 

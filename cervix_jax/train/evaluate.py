@@ -1,6 +1,6 @@
 """`evaluate(config, workdir)`: scores val and test once each with the best checkpoint, picks the
 threshold on val, writes `WORKDIR/eval/metrics.json`, per-split `scores_<split>.csv`, `roc.png`,
-`scores.png`, `curves.png`. `explain(config, workdir)` runs the explainers on a split."""
+`scores.png`, `curves.png`. `explain_split(config, workdir)` runs the explainers on a split."""
 from __future__ import annotations
 
 import functools
@@ -61,7 +61,7 @@ def evaluate(config, workdir) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         for s, sc in scored.items():
-            rows = "".join(f"{i},{l},{v:.8g}\n" for i, l, v in zip(sc["id"], sc["label"], sc["score"]))
+            rows = "".join(f"{i},{lab},{v:.8g}\n" for i, lab, v in zip(sc["id"], sc["label"], sc["score"]))
             (out_dir / f"scores_{s}.csv").write_text("id,label,score\n" + rows)
         roc = {}
         for s, sc in scored.items():
@@ -75,7 +75,7 @@ def evaluate(config, workdir) -> dict:
     return result
 
 
-def explain(config, workdir) -> Path:
+def explain_split(config, workdir) -> Path:
     """Explainers on the first `config.explain.max_images` of `config.explain.split`, into
     WORKDIR/explain/<split>/ (through `cervix_jax.explain.run.explain_to_dir`)."""
     from cervix_jax.explain.run import explain_to_dir

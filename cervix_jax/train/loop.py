@@ -22,7 +22,7 @@ import numpy as np
 
 from cervix_jax.train import checkpoint as ckpt_lib
 from cervix_jax.train.parallel import data_parallel, to_host
-from cervix_jax.train.state import TrainState, create_state, make_optimizer
+from cervix_jax.train.state import create_state, make_optimizer
 from cervix_jax.train.steps import eval_step, train_step
 from cervix_jax.train.task import make_task
 
@@ -98,7 +98,8 @@ def make_data(config, *, num_devices: int, process_index: int, process_count: in
         for i in parts[split][:n]:
             ex = pre(source[int(i)])
             item = {k: v for k, v in ex.items() if k.endswith("_mask")}
-            item.update(image=ex["image"], display=ex["display"], label=int(ex["label"]), id=int(ex["id"]))
+            item.update(image=ex["image"], display=ex["display"], label=int(ex["label"]), id=int(ex["id"]),
+                        valid=ex["valid"])
             out.append(item)
         return out
 

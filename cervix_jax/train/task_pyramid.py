@@ -114,13 +114,14 @@ class PyramidTask:
         maps = self.model.backbone.apply(frozen, images)
         return jax.lax.stop_gradient(jax.tree.map(lambda m: m.astype(jnp.float32), maps))
 
-    def logits(self, params: dict, frozen: dict, images):
+    def logits(self, params: dict, frozen: dict, images, valid=None):
+        """images [b, H, W, 3] (+ valid [b, H, W]: GAP over the unpadded region) -> logits [b, 2]."""
         feature_map = pyramid.concat_levels(self.pyramid_maps(frozen, images), self.model.levels,
                                             self.model.upsample)
-        return self.model.apply({"params": params}, feature_map.mean((1, 2)), method="logits")
+        return self.model.apply({"params": params}, pyramid.pool(feature_map, valid), method="logits")
 
     def loss(self, params, frozen, batch, example_state, rng):
-        logits = self.logits(params, frozen, batch["image"])
+        logits = self.logits(params, frozen, batch["image"], batch.get("valid"))
         weights = batch["weight"]
         loss = pyramid.cross_entropy(logits, batch["label"], weights)
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
@@ -128,7 +129,7 @@ class PyramidTask:
         return loss, {"metrics": {"loss": loss, "accuracy": accuracy}, "example_state": None}
 
     def predict(self, params, frozen, batch):
-        return jax.nn.softmax(self.logits(params, frozen, batch["image"]))[:, 1]
+        return jax.nn.softmax(self.logits(params, frozen, batch["image"], batch.get("valid")))[:, 1]
 
     def explainable(self, variables: dict):
         return pyramid.explainable(self.model, pyramid.join_variables(variables["params"],
@@ -251,7 +252,7 @@ def _jsonable(d: dict) -> dict:
 
 def _write_scores(path: Path, scored: dict) -> None:
     """id,label,score with repr(float) scores: they read back to exactly the values the metrics saw."""
-    rows = "".join(f"{i},{l},{float(v)!r}\n" for i, l, v in zip(scored["id"], scored["label"], scored["score"]))
+    rows = "".join(f"{i},{lab},{float(v)!r}\n" for i, lab, v in zip(scored["id"], scored["label"], scored["score"]))
     path.write_text("id,label,score\n" + rows)
 
 

@@ -11,7 +11,7 @@ built in memory, never written to disk. Groups are pairs of ids.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import chex
 import flax.linen as nn
