@@ -984,9 +984,16 @@ def run_one(name: str, mode: str, torch_python: str) -> dict:
 
 
 def run_suite(
-    mode: str, only, out_dir: Path, torch_python: str, inline: bool = False, budget: float | None = None
+    mode: str,
+    only,
+    out_dir: Path,
+    torch_python: str,
+    inline: bool = False,
+    budget: float | None = None,
+    timeout: float | None = None,
 ) -> Path:
-    cfg = {**MODES[mode], **({"budget": budget} if budget else {})}
+    cfg = dict(MODES[mode])
+    cfg.update({k: v for k, v in (("budget", budget), ("timeout", timeout)) if v})
     names = [n for n in BENCHMARKS if not only or n in only]
     t0 = time.time()
     rows, device = [], None
@@ -1173,6 +1180,7 @@ def main(argv=None):
     p.add_argument(
         "--budget", type=float, default=None, help="seconds for the whole suite (default: the mode's)"
     )
+    p.add_argument("--timeout", type=float, default=None, help="seconds per benchmark (default: the mode's)")
     p.add_argument("--inline", action="store_true", help="all benchmarks in this process (CI test)")
     p.add_argument("--run-one", default="", help=argparse.SUPPRESS)
     p.add_argument("--json", default="", help=argparse.SUPPRESS)
@@ -1185,7 +1193,8 @@ def main(argv=None):
     bad = set(only) - set(BENCHMARKS)
     if bad:
         p.error(f"--only: unknown {sorted(bad)}; expected some of {BENCHMARKS}")
-    run_suite(a.mode, only, Path(a.out_dir), a.torch_python, inline=a.inline, budget=a.budget)
+    run_suite(a.mode, only, Path(a.out_dir), a.torch_python, inline=a.inline, budget=a.budget,
+              timeout=a.timeout)
 
 
 if __name__ == "__main__":
