@@ -27,7 +27,8 @@ from cervix_jax.train import feature_cache, task_pyramid  # noqa: E402
 def run(backbone: str, n: int, hw: tuple[int, int], batch: int, epochs: int,
         init=None, heads: int = 7) -> tuple[float, float, float]:
     """(ordinary seconds, feature extraction seconds, cached total seconds), compilation included.
-    `init(task, image_shape)` replaces `task.init` for the frozen backbone (benchmarks/suite.py)."""
+    `init(task, image_shape)` replaces `task.init` for the frozen backbone (benchmarks/suite.py);
+    `heads`: the first that many of the paper's seven."""
     h, w = hw
     rng = np.random.default_rng(0)
     data = {"image": rng.uniform(0, 1, (n, h, w, 3)).astype(np.float32),
@@ -35,19 +36,19 @@ def run(backbone: str, n: int, hw: tuple[int, int], batch: int, epochs: int,
             "id": np.arange(n, dtype=np.int32)}
     batches = [{k: v[i:i + batch] for k, v in data.items()} for i in range(0, n, batch)]
     steps = epochs * len(batches)
-    heads = list(pyramid.PAPER_HEADS)[:heads]
+    names = list(pyramid.PAPER_HEADS)[:heads]
 
     def task_for(levels):
         c = pyramid_config.get_config(levels)
         c.model.backbone = backbone
-        return task_pyramid.make(c)
+        return task_pyramid.make(c.model)
 
     init = init or (lambda task, shape: task.init(jax.random.PRNGKey(0), shape))
     frozen = init(task_for("p3"), (h, w, 3))["frozen"]
     tx = optax.adam(1e-3)
 
     t0 = time.perf_counter()
-    for name in heads:
+    for name in names:
         task = task_for(name)
         params = task.init_params(jax.random.PRNGKey(0))
         opt = tx.init(params)
@@ -66,7 +67,7 @@ def run(backbone: str, n: int, hw: tuple[int, int], batch: int, epochs: int,
     t0 = time.perf_counter()
     cache = feature_cache.extract(task_for("p3"), frozen, batches)
     t1 = time.perf_counter()
-    out = feature_cache.train_heads(cache, [pyramid.PAPER_HEADS[n] for n in heads], [0], steps=steps,
+    out = feature_cache.train_heads(cache, [pyramid.PAPER_HEADS[n] for n in names], [0], steps=steps,
                                     lr=1e-3, batch_size=batch)
     jax.block_until_ready([o["params"] for o in out.values()])
     cached = time.perf_counter() - t0

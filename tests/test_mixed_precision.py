@@ -99,7 +99,7 @@ def test_bf16_agrees_with_float32(family, rng, seed):
     assert "bf16" in str(predict16.trace(batch).jaxpr)
     assert "bf16" not in str(predict32.trace(batch).jaxpr)
 
-    state = t16.init_example_state(n)
+    state = t16.init_example_state(n, (h, w, 3))
     rows = None if state is None else jax.tree.map(lambda x: x[batch["id"]], state)
     loss32, loss16 = (
         (lambda p, t=t: t.loss(p, v["frozen"], batch, rows, jax.random.PRNGKey(0))) for t in (t32, t16)
