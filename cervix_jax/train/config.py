@@ -30,9 +30,11 @@ def base_config(model: str = "tiny") -> mlc.ConfigDict:
     c.data.blur = 0                         # Gaussian blur ksize for TEST images only (paper B; 0 = none)
     c.data.with_masks = False               # batches carry ground-truth masks (explain/eval)
     c.data.split_seed = 0                   # group split; fixed across config.seed (paired comparisons)
+    c.data.pixel_cache = ""                 # a folder: read pre-resized uint8 pixels (data/pixel_cache.py)
 
     c.model = mlc.ConfigDict()
     c.model.name = model
+    c.model.dtype = "float32"               # compute dtype, "float32" | "bfloat16" (params stay float32)
     c.model.update(defaults(model))
 
     c.train = mlc.ConfigDict()

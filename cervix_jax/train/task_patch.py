@@ -7,9 +7,9 @@ regulator density; weighted mean over the batch. Per-example state = one regulat
 weights of this forward pass and returned as new rows; the engine stores them, so they are used the
 next time that image is visited (Algorithm 1: refit once per epoch per image).
 
-config.model keys (`DEFAULTS`): patch_size, aggregation ("average" | "sum" | "normalized" | "concat"),
-mlp_hidden, weight_hidden (the weight network's hidden widths, the paper's (800, 512, 128) by default),
-regulator ("none" | "fixed" | "iterative"), reg_lambda, spatial_reduction ("sum" | "mean" over the
+config.model keys (`DEFAULTS`; plus dtype, the compute dtype): patch_size, aggregation ("average" |
+"sum" | "normalized" | "concat"), mlp_hidden, weight_hidden (the weight network's hidden widths, the
+paper's (800, 512, 128) by default), regulator ("none" | "fixed" | "iterative"), reg_lambda, spatial_reduction ("sum" | "mean" over the
 patches: Eqn. 5 sums), eps_w, eig_floor, refit_weighting
 ("raw" | "minmax": what the iterative refit is fit from, see `refit_weights`).
 "none" drops the spatial term whatever reg_lambda is, and keeps no per-example state. The patch grid
@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from cervix_jax import regulator
-from cervix_jax.models.parts import ExplainableModel
+from cervix_jax.models.parts import ExplainableModel, compute_dtype
 from cervix_jax.models.patch import PatchWeightClassifier, aggregate, crm_patch
 from cervix_jax.train.task import Task
 
@@ -68,7 +68,8 @@ class PatchTask(Task):
                              f"found {m.regulator!r}")
         self.model = PatchWeightClassifier(patch_size=int(m.patch_size), aggregation=m.aggregation,
                                            mlp_hidden=tuple(m.mlp_hidden),
-                                           weight_hidden=tuple(m.get("weight_hidden", (800, 512, 128))))
+                                           weight_hidden=tuple(m.get("weight_hidden", (800, 512, 128))),
+                                           dtype=compute_dtype(m.get("dtype", "float32")))
         self.mode = m.regulator
         self.refit_weighting = m.get("refit_weighting", "raw")   # configs older than the key: "raw"
         if self.refit_weighting not in REFIT_WEIGHTINGS:
