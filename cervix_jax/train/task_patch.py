@@ -9,8 +9,8 @@ next time that image is visited (Algorithm 1: refit once per epoch per image).
 
 config.model keys (`DEFAULTS`; plus dtype, the compute dtype): patch_size, aggregation ("average" |
 "sum" | "normalized" | "concat"), mlp_hidden, weight_hidden (the weight network's hidden widths, the
-paper's (800, 512, 128) by default), regulator ("none" | "fixed" | "iterative"), reg_lambda, spatial_reduction ("sum" | "mean" over the
-patches: Eqn. 5 sums), eps_w, eig_floor, refit_weighting
+paper's (800, 512, 128) by default), regulator ("none" | "fixed" | "iterative"), reg_lambda,
+spatial_reduction ("sum" | "mean" over the patches: Eqn. 5 sums), eps_w, eig_floor, refit_weighting
 ("raw" | "minmax": what the iterative refit is fit from, see `refit_weights`).
 "none" drops the spatial term whatever reg_lambda is, and keeps no per-example state. The patch grid
 is the image shape over patch_size (`grid_for`).
