@@ -31,7 +31,7 @@ def base_config(model: str = "tiny") -> mlc.ConfigDict:
 
     c.model = mlc.ConfigDict()
     c.model.name = model
-    c.model.update(_MODEL_DEFAULTS.get(model, {}))
+    c.model.update(_model_defaults(model))
 
     c.train = mlc.ConfigDict()
     c.train.batch_size = 8                  # global batch
@@ -84,3 +84,11 @@ _MODEL_DEFAULTS: dict[str, dict] = {
     "patch": {"patch_size": 28, "aggregation": "mean", "mlp_hidden": (256, 64), "regulator": "iterative",
               "reg_lambda": 0.1, "eps_w": 1e-3, "eig_floor": 0.25, "refit_weighting": "raw"},
 }
+
+
+def _model_defaults(model: str) -> dict:
+    """config.model keys of a family: `_MODEL_DEFAULTS`, or the task module's `DEFAULTS`."""
+    if model == "retinanet":
+        from cervix_jax.train.task_retinanet import DEFAULTS
+        return dict(DEFAULTS)
+    return _MODEL_DEFAULTS.get(model, {})

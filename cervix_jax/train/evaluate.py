@@ -57,6 +57,9 @@ def evaluate(config, workdir) -> dict:
         result[s] = {"n": int(len(sc["id"])),
                      "at_0.5": _jsonable(M.binary_metrics(sc["score"], sc["label"], 0.5)),
                      "at_val_threshold": _jsonable(M.binary_metrics(sc["score"], sc["label"], threshold))}
+    if jax.process_index() == 0 and hasattr(task, "evaluate_extra"):   # e.g. detection AP and overlays
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result.update(task.evaluate_extra(variables, data, out_dir))
     if jax.process_index() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))

@@ -31,6 +31,7 @@ _REGISTRY: dict[str, str] = {
     "tiny": "cervix_jax.train.task_tiny:make",
     "pyramid": "cervix_jax.train.task_pyramid:make",
     "patch": "cervix_jax.train.task_patch:make",
+    "retinanet": "cervix_jax.train.task_retinanet:make",
 }
 
 

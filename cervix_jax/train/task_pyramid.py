@@ -5,7 +5,9 @@ config.model keys read here (see configs/pyramid.py):
   upsample             "nearest_legacy" | "bilinear"
   backbone             "resnet50" | "tiny" (test-only)
   style, stem, bn_eps, conv_bias, p6_from   see models/resnet.py and models/fpn.py
-  backbone_checkpoint  "" (random backbone) or a folder written by `python -m cervix_jax.convert.cli`
+  backbone_checkpoint  "" (random backbone), a folder written by `python -m cervix_jax.convert.cli`, or
+                       the workdir of a stage-1 run (configs/retinanet.py): its best checkpoint's
+                       backbone + FPN, whose architecture then comes from that run's config
 
 Without a checkpoint the backbone is random from the fixed key PRNGKey(RANDOM_BACKBONE_SEED), the same
 for every config.seed, as a pretrained one would be: seeds vary the head's init and the data order only.
@@ -80,6 +82,7 @@ class PyramidTask:
     backbone_checkpoint: str
     model_config: object
     name: str = "pyramid"
+    stage1: object = None                # config of a stage-1 run when backbone_checkpoint is one
 
     @property
     def num_features(self) -> int:
@@ -90,7 +93,10 @@ class PyramidTask:
         from PRNGKey(RANDOM_BACKBONE_SEED) whatever `rng` (a fixed feature extractor for every seed)."""
         rng_backbone = jax.random.PRNGKey(RANDOM_BACKBONE_SEED)
         dummy = jnp.zeros((1, *_INIT_HW, 3), jnp.float32)
-        if self.backbone_checkpoint:
+        if self.stage1 is not None:
+            from cervix_jax.train import task_retinanet
+            frozen = task_retinanet.load_stage1_backbone(self.backbone_checkpoint, self.stage1)
+        elif self.backbone_checkpoint:
             abstract = jax.eval_shape(self.model.backbone.init, rng_backbone, dummy)
             frozen = load_backbone_checkpoint(self.backbone_checkpoint, abstract, self.model_config)
         else:   # eager: op-by-op compiles are cached across tasks, a jitted init recompiles per module
@@ -141,10 +147,13 @@ class PyramidTask:
 
 def make(config) -> PyramidTask:
     """Task factory registered as "pyramid" in cervix_jax/train/task.py."""
+    from cervix_jax.train import task_retinanet
     m = config.model
-    model = pyramid.PyramidConcatClassifier(levels=pyramid.parse_levels(m.levels),
-                                            backbone=backbone_from_config(m), upsample=m.upsample)
-    return PyramidTask(model=model, backbone_checkpoint=m.backbone_checkpoint, model_config=m)
+    stage1 = task_retinanet.stage1_config(m.backbone_checkpoint) if m.backbone_checkpoint else None
+    backbone = task_retinanet.backbone_module(stage1.model) if stage1 is not None else backbone_from_config(m)
+    model = pyramid.PyramidConcatClassifier(levels=pyramid.parse_levels(m.levels), backbone=backbone,
+                                            upsample=m.upsample)
+    return PyramidTask(model=model, backbone_checkpoint=m.backbone_checkpoint, model_config=m, stage1=stage1)
 
 
 # ---------------------------------------------------------------------------------------------
