@@ -2,8 +2,9 @@
 
     python launch.py <mode> --config configs/<file>.py[:arg] --workdir DIR [--config.key=value ...]
 
-modes: prepare (build the dataset), train, eval, explain, sweep, demo (= prepare + train + eval +
-explain), review, review-summary. Unknown config keys and values of the wrong type fail at once
+modes: prepare (build the dataset), train, eval, explain, sweep (then its reports), report (the
+reports of config.sweep.reports on an existing workdir), demo (= prepare + train + eval + explain),
+review, review-summary. Unknown config keys and values of the wrong type fail at once
 naming the key. The resolved config is written to WORKDIR/config.json. Multi-host: pass
 --coordinator/--num_processes/--process_id (or set config.parallel.distributed=True to read the
 standard environment). See docs/training.md.
@@ -17,7 +18,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("prepare", "train", "eval", "explain", "sweep", "demo", "review", "review-summary")
+MODES = ("prepare", "train", "eval", "explain", "sweep", "report", "demo", "review", "review-summary")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py[:arg]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, figures)")
@@ -44,10 +45,14 @@ def run(mode: str, config, workdir: Path) -> dict:
         return {"summary": review.summarize(workdir, split=_SPLIT.value)}
     if mode == "prepare":
         return prepare(config)
+    if mode == "report":
+        from cervix_jax import reports
+        return reports.write(config, workdir)
     import jax
     if jax.process_index() == 0:
+        from cervix_jax.train import rundir
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        rundir.write_config(workdir, config)
     if mode == "train":
         from cervix_jax.train.loop import train
         return train(config, workdir)
@@ -58,8 +63,12 @@ def run(mode: str, config, workdir: Path) -> dict:
         from cervix_jax.train.evaluate import explain_split
         return {"explain_dir": str(explain_split(config, workdir))}
     if mode == "sweep":
+        from cervix_jax import reports
         from cervix_jax.train.sweep import sweep
-        return sweep(config, workdir)
+        out = sweep(config, workdir)
+        if out["status"] == "finished":
+            out["reports"] = reports.write(config, workdir)
+        return out
     if mode == "demo":
         from cervix_jax.train.evaluate import evaluate, explain_split
         from cervix_jax.train.loop import train
@@ -73,11 +82,11 @@ def run(mode: str, config, workdir: Path) -> dict:
 
 
 def prepare(config) -> dict:
-    """Builds the tfds dataset of config.data (nothing to do for in-memory `memory/<n>` data)."""
-    if config.data.name.startswith("memory/"):
-        return {"prepared": config.data.name, "note": "in-memory data: nothing to build"}
-    from cervix_jax.data.builders import prepare as build
-    return {"prepared": config.data.name, "result": str(build(config.data))}
+    """Builds the tfds dataset of config.data (in-memory `memory/<n>` data has nothing to build)."""
+    from cervix_jax.data.builders import load_source
+    source, info = load_source(config.data)
+    return {"prepared": config.data.name, "examples": len(source),
+            "result": str(info.data_dir) if info is not None else "in-memory data: nothing to build"}
 
 
 def main(argv):
@@ -108,7 +117,6 @@ def check_overrides(argv: list[str]) -> list[str]:
     """All problems with the `--config.a.b=v` overrides of argv at once: unknown keys (with the
     keys that exist there) and values that do not parse as the field's type."""
     import ast
-    import importlib.util
 
     args = list(argv[1:])
     path = None
@@ -119,13 +127,11 @@ def check_overrides(argv: list[str]) -> list[str]:
             path = args[i + 1]
     if path is None:
         return []
-    file, _, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location("_launch_config", file)
-    if spec is None or not Path(file).is_file():
-        return [f"--config: no such config file {file!r}"]
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
+    from cervix_jax.train.config import load_config
+    try:
+        config = load_config(path)
+    except FileNotFoundError as e:
+        return [str(e)]
     errors = []
     for i, a in enumerate(args):
         if not a.startswith("--config."):

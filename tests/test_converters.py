@@ -343,11 +343,11 @@ def test_cli_writes_a_checkpoint_the_pyramid_task_loads(golden, torchvision_mode
         "backbone_checkpoint": str(out_dir)})
     config = mlc.ConfigDict({"model": model_config})
     with pytest.raises(ValueError, match="--config.model.style=torchvision"):
-        task_pyramid.make(config).init(jax.random.PRNGKey(0), (64, 96, 3))
+        task_pyramid.make(config.model).init(jax.random.PRNGKey(0), (64, 96, 3))
     for flag in flags:
         key, value = flag.removeprefix("--config.model.").split("=")
         model_config[key] = type(model_config[key])(value) if key != "conv_bias" else value == "True"
-    variables = task_pyramid.make(config).init(jax.random.PRNGKey(0), (64, 96, 3))
+    variables = task_pyramid.make(config.model).init(jax.random.PRNGKey(0), (64, 96, 3))
     jax.tree.map(np.testing.assert_array_equal, variables["frozen"], torchvision_models["v1"][1])
 
 

@@ -20,7 +20,7 @@ HW = (72, 104)          # P3 9x13, P4 5x7, P5 3x4, P6 2x2, P7 1x1: non-integer u
 def tiny_task(levels, upsample="nearest_legacy"):
     config = pyramid_config.get_config(f"{levels},runlocal")
     config.model.upsample = upsample
-    return task_pyramid.make(config)
+    return task_pyramid.make(config.model)
 
 
 @pytest.fixture(scope="module")

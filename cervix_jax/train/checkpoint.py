@@ -8,6 +8,7 @@ its hash wins; an unreadable or mismatching one is reported and moved to
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import shutil
@@ -117,3 +118,89 @@ class Checkpoints:
         """Waits for async saves, then releases the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class BestTracker:
+    """The best-checkpoint and early-stopping rule every trainer uses.
+
+    `update(step, value)` at each epoch end: the step becomes the best when `value` is better than the
+    best so far (`lower_is_better(metric)` decides the direction; a tie keeps the earlier step);
+    otherwise one more bad epoch, and with `patience` > 0 that many bad epochs in a row stop the run.
+    `meta` is the bookkeeping a checkpoint stores (best_value, best_step, bad_epochs, stopped_early),
+    so a resumed run continues the same count."""
+
+    def __init__(self, metric: str, patience: int = 0, meta: Optional[dict] = None):
+        self.metric, self.patience = metric, int(patience)
+        self.lower = lower_is_better(metric)
+        m = meta or {}
+        self.meta = {"best_value": m.get("best_value"), "best_step": m.get("best_step"),
+                     "bad_epochs": int(m.get("bad_epochs", 0)),
+                     "stopped_early": bool(m.get("stopped_early", False))}
+
+    @property
+    def stopped(self) -> bool:
+        return self.meta["stopped_early"]
+
+    def value_of(self, metrics: dict) -> float:
+        if self.metric not in metrics:
+            raise KeyError(f"config.train.best_metric={self.metric!r}: expected one of {sorted(metrics)}")
+        return metrics[self.metric]
+
+    def update(self, step: int, value: float) -> tuple[bool, bool]:
+        """(is_best, stop) after an epoch that ended at `step` with `value`."""
+        best = self.meta["best_value"]
+        worse = best is not None and (value >= best if self.lower else value <= best)
+        if not worse:
+            self.meta.update(best_value=value, best_step=int(step), bad_epochs=0)
+            return True, False
+        self.meta["bad_epochs"] += 1
+        if self.patience and self.meta["bad_epochs"] >= self.patience:
+            self.meta["stopped_early"] = True
+        return False, self.meta["stopped_early"]
+
+
+@dataclasses.dataclass
+class Restored:
+    """A trained run read back: its task, TrainState and frozen variables."""
+
+    task: object
+    state: TrainState
+    frozen: object
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.state.params, "frozen": self.frozen}
+
+    @property
+    def step(self) -> int:
+        return int(self.state.step)
+
+
+def restore(config, workdir, data=None, *, which: str = "best") -> Restored:
+    """The run in `workdir` at its best checkpoint (by config.train.best_metric; the last one when no
+    best is kept) with which="best", or at its last checkpoint with which="last". `data` (a
+    `train.data.Data`, built from config.data when None) gives the shapes of the state."""
+    from cervix_jax.train.state import create_state, make_optimizer
+    from cervix_jax.train.task import make_task
+
+    if which not in ("best", "last"):
+        raise ValueError(f"restore: which must be 'best' or 'last', found {which!r}")
+    if data is None:
+        from cervix_jax.train.data import local_data
+        data = local_data(config)
+    task = make_task(config)
+    state, frozen = create_state(task, make_optimizer(config.train), seed=config.seed,
+                                 image_shape=data.image_shape, num_examples=data.num_examples)
+    ckpts = Checkpoints(Path(workdir) / "checkpoints", keep=config.train.keep,
+                        best_metric=config.train.best_metric)
+    try:
+        latest = ckpts.restore(state)
+        if latest is None:
+            raise FileNotFoundError(f"{ckpts.directory}: no checkpoint; run `launch.py train` first")
+        state, meta = latest
+        best = meta.get("best_step")
+        if which == "best" and best is not None and best != int(state.step) and best in ckpts.steps():
+            state, meta = ckpts.restore(state, step=best)
+    finally:
+        ckpts.close()
+    return Restored(task=task, state=state, frozen=frozen)

@@ -1,14 +1,16 @@
 """The config schema every `configs/*.py` starts from (big_vision style ml_collections).
 
-`configs/<family>.py:get_config(arg)` calls `base_config()` and sets what differs. Keys are locked
-after construction (`config.lock()`), so `--config.foo=1` with an unknown key fails at once naming
-the key, and a value of the wrong type fails naming key and type. Model
-families add their own keys under `config.model` (e.g. `levels` for "pyramid", `patch_size` and
-`reg_lambda` for "patch") in `base_config(model=...)` below, never ad hoc.
+`configs/<family>.py:get_config(arg)` calls `base_config(model=...)` and sets what differs. Keys are
+locked after construction (`config.lock()`), so `--config.foo=1` with an unknown key fails at once
+naming the key, and a value of the wrong type fails naming key and type. The keys under
+`config.model` belong to the model family: its task module exports them as `DEFAULTS` (e.g.
+`levels` in `train/task_pyramid.py`, `patch_size` and `reg_lambda` in `train/task_patch.py`).
 """
 from __future__ import annotations
 
 import ml_collections as mlc
+
+from cervix_jax.train.task import defaults
 
 
 def base_config(model: str = "tiny") -> mlc.ConfigDict:
@@ -31,7 +33,7 @@ def base_config(model: str = "tiny") -> mlc.ConfigDict:
 
     c.model = mlc.ConfigDict()
     c.model.name = model
-    c.model.update(_model_defaults(model))
+    c.model.update(defaults(model))
 
     c.train = mlc.ConfigDict()
     c.train.batch_size = 8                  # global batch
@@ -58,37 +60,25 @@ def base_config(model: str = "tiny") -> mlc.ConfigDict:
     # ((dotted key, values), ...): the cartesian product, one workdir per point; e.g.
     # (("model.levels", ("p3", "p3,p6,p7")), ("seed", (0, 1, 2))). Seeds are averaged in the table.
     c.sweep.grid = ()
-    c.sweep.fast = True                     # use the task's sweep_fast if any (paper B); False: ordinary runs
+    # "loop": one ordinary train + eval per point; "cached_heads": paper B's heads from cached features,
+    # all points together (train/cached_heads.py), the points it cannot reproduce exactly left to the loop.
+    c.sweep.trainer = "loop"
+    # Reports written at the end of a sweep and by `launch.py report` (cervix_jax/reports/).
+    c.sweep.reports = ("summary",)
     c.lock()
     return c
 
 
-# Keys under config.model per family (set by the family's owner).
-_MODEL_DEFAULTS: dict[str, dict] = {
-    "tiny": {"width": 8, "example_state": False},
-    # paper B (configs/pyramid.py): see cervix_jax/train/task_pyramid.py and docs/models.md
-    "pyramid": {
-        "levels": "p3,p6,p7",           # level list or a paper head name (models.pyramid.parse_levels)
-        "upsample": "nearest_legacy",   # | "bilinear"
-        "backbone": "resnet50",         # | "tiny" (tests, runlocal)
-        "style": "caffe",               # keras-retinanet (the authors' framework) | "torchvision"
-        "stem": "same",                 # keras-resnet 0.2 | "pad3_same" (0.1) | "symmetric" (torchvision)
-        "bn_eps": 1e-5,                 # torchvision COCO v1 weights: 0.0
-        "conv_bias": False,
-        "p6_from": "C5",                # torchvision v1: "P5"
-        "backbone_checkpoint": "",      # folder from `python -m cervix_jax.convert.cli`
-    },
-    # paper A (configs/patch.py): see cervix_jax/train/task_patch.py and docs/patch_model.md
-    # refit_weighting: what the iterative regulator is fit from, "raw" patch weights (the paper) or
-    # "minmax" (a - min) / (max - min + 1e-6) (research notes 4.2: a flat map then gives no update).
-    "patch": {"patch_size": 28, "aggregation": "mean", "mlp_hidden": (256, 64), "regulator": "iterative",
-              "reg_lambda": 0.1, "eps_w": 1e-3, "eig_floor": 0.25, "refit_weighting": "raw"},
-}
 
+def load_config(spec: str) -> mlc.ConfigDict:
+    """`get_config(arg)` of a config file named as on the command line: "configs/x.py[:arg]"."""
+    import importlib.util
+    from pathlib import Path
 
-def _model_defaults(model: str) -> dict:
-    """config.model keys of a family: `_MODEL_DEFAULTS`, or the task module's `DEFAULTS`."""
-    if model == "retinanet":
-        from cervix_jax.train.task_retinanet import DEFAULTS
-        return dict(DEFAULTS)
-    return _MODEL_DEFAULTS.get(model, {})
+    file, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_loaded_config", file)
+    if module_spec is None or not Path(file).is_file():
+        raise FileNotFoundError(f"--config: no such config file {file!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

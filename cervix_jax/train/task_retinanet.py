@@ -165,10 +165,8 @@ class RetinaNetTask(Task):
                                 class_names=CLASS_NAMES)
 
 
-def make(config) -> RetinaNetTask:
-    """Task factory registered as "retinanet" in cervix_jax/train/task.py; takes the config (or its
-    `model` part)."""
-    model_config = config.model if "model" in config else config
+def make(model_config) -> RetinaNetTask:
+    """Task factory registered as "retinanet" in cervix_jax/train/task.py; takes config.model."""
     make_net = functools.partial(network_from_config, model_config)
     return RetinaNetTask(net=make_net(), train_net=make_net(bn_axis_name=AXIS), model_config=model_config)
 
@@ -237,7 +235,6 @@ def load_stage1_backbone(path, config) -> dict:
     """ResNetFPN variables of the stage-1 run in workdir `path` (its best checkpoint, else its last)."""
     from types import SimpleNamespace
 
-    from cervix_jax.train.evaluate import restore_trained
+    from cervix_jax.train.checkpoint import restore
     shapes = SimpleNamespace(image_shape=(*config.data.pad_to, 3), num_examples=1)
-    _, variables, _ = restore_trained(config, Path(path).expanduser(), shapes)
-    return backbone_variables(variables["params"])
+    return backbone_variables(restore(config, Path(path).expanduser(), shapes).state.params)
