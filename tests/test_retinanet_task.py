@@ -92,3 +92,19 @@ def test_tiny_detector_overfits_8_images_and_stage2_reads_it(seed, tmp_path):
     assert pyramid_task.model.backbone.feature_size == 16 and pyramid_task.model.backbone.width == 4
     frozen2 = pyramid_task.init(jax.random.PRNGKey(0), (64, 64, 3))["frozen"]
     jax.tree.map(np.testing.assert_array_equal, frozen2, task_retinanet.backbone_variables(state.params))
+
+
+def test_retinanet_configs():
+    full, cpu, local = (retinanet_config.get_config(a) for a in ("", "cpu", "runlocal"))
+    assert full.model.dtype == "bfloat16" and tuple(full.data.pad_to) == (800, 1200)
+    assert full.train.batch_size == 16
+    assert (full.model.width, full.model.feature_size, full.model.head_width) == (64, 256, 256)
+    assert cpu.model.width == 32 and tuple(cpu.data.pad_to) == (128, 192) and cpu.model.dtype == "float32"
+    assert local.model.backbone == "tiny" and all(c.data.with_masks for c in (full, cpu, local))
+    assert task_retinanet.network_from_config(cpu.model).num_classes == 2
+    try:
+        retinanet_config.get_config("gpu")
+    except ValueError as e:
+        assert "unknown variant" in str(e)
+    else:
+        raise AssertionError("an unknown variant must fail")

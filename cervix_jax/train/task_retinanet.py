@@ -100,7 +100,8 @@ class RetinaNetTask(Task):
         return detection.anchors_for_shape(tuple(image_hw), self.box_style, sizes=sizes)
 
     def init(self, rng, image_shape):
-        variables = jax.jit(self.net.init)(rng, jnp.zeros((1, *_INIT_HW, 3), jnp.float32))
+        # eager: op-by-op compiles are cached; a jitted init compiles slowly on CPU (threefry)
+        variables = self.net.init(rng, jnp.zeros((1, *_INIT_HW, 3), jnp.float32))
         return {"params": {"model": variables["params"], "batch_stats": variables["batch_stats"]},
                 "frozen": {}}
 
@@ -194,7 +195,8 @@ def evaluate_detections(task: RetinaNetTask, params, examples: list, out_dir=Non
             gts.append(gt)
             if valid:
                 top = d["boxes"][:1] if len(d["scores"]) else np.zeros((1, 4), np.float32)
-                ious.append(float(detection.box_iou(top.astype(np.float64), box[None].astype(np.float64))[0, 0]))
+                iou = detection.box_iou(top.astype(np.float64), box[None].astype(np.float64))
+                ious.append(float(iou[0, 0]))
     result = {**detection.coco_ap(dets, gts), "top_iou_mean": float(np.mean(ious)) if ious else float("nan"),
               "top_iou_ge_0.5": float(np.mean(np.asarray(ious) >= 0.5)) if ious else float("nan"),
               "num_images": len(examples)}
