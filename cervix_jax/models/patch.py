@@ -8,7 +8,7 @@ multiples of `patch_size`; the grid is (H // p, W // p). Patch-size variants kee
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import chex
 import flax.linen as nn
@@ -51,12 +51,13 @@ class PatchCNN(nn.Module):
     [P, p, p, 3] -> [P, K], K = 48 * (p // 8)^2 for p a multiple of 8 (28 px -> 3x3x48 = 432).
     """
     filters: Sequence[int] = (12, 24, 48)
+    dtype: Any = jnp.float32        # compute dtype; parameters stay float32
 
     @nn.compact
     def __call__(self, patches: Array) -> Array:
         x = patches
         for f in self.filters:
-            x = nn.Conv(f, (3, 3), padding="SAME", kernel_init=glorot)(x)
+            x = nn.Conv(f, (3, 3), padding="SAME", kernel_init=glorot, dtype=self.dtype)(x)
             x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         return x.reshape(x.shape[0], -1)
@@ -65,25 +66,27 @@ class PatchCNN(nn.Module):
 class WeightNet(nn.Module):
     """One patch's feature [K] -> its weight a in (0, 1): dense 800, 512, 128 (ReLU), 1 sigmoid."""
     hidden: Sequence[int] = (800, 512, 128)
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h: Array) -> Array:
         x = h
         for n in self.hidden:
-            x = nn.relu(Dense(n)(x))
-        return nn.sigmoid(Dense(1)(x))[0]
+            x = nn.relu(Dense(n, dtype=self.dtype)(x))
+        return nn.sigmoid(Dense(1, dtype=self.dtype)(x).astype(jnp.float32))[0]
 
 
 class Classifier(nn.Module):
     """Aggregated vector -> logit: two hidden ReLU layers and one output unit (sigmoid outside)."""
     hidden: Sequence[int] = (256, 64)
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, f: Array) -> Array:
         x = f
         for n in self.hidden:
-            x = nn.relu(Dense(n)(x))
-        return Dense(1)(x)[0]
+            x = nn.relu(Dense(n, dtype=self.dtype)(x))
+        return Dense(1, dtype=self.dtype)(x)[0].astype(jnp.float32)
 
 
 def aggregate(features: Array, weights: Array, aggregation: str) -> Array:
@@ -106,26 +109,30 @@ class PatchWeightClassifier(nn.Module):
     `features(image)` -> patch feature grid [gh, gw, K]; `patch_weights(grid)` -> [gh, gw];
     `head(grid)` -> (logit [], weights [gh, gw]); `__call__(image)` = head(features(image)).
     `classify(vector)` -> logit from an aggregated vector (the CRM fast path uses it).
+    `dtype` is the compute dtype of the convolutions and dense layers (config.model.dtype); the
+    feature grid, weights and logit it returns are float32 either way, as are its parameters.
     """
     patch_size: int = 28
     aggregation: str = "mean"
     mlp_hidden: Sequence[int] = (256, 64)
+    dtype: Any = jnp.float32
 
     def setup(self):
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"config.model.aggregation: expected one of {AGGREGATIONS}, "
                              f"found {self.aggregation!r}")
-        self.patch_cnn = PatchCNN()
+        self.patch_cnn = PatchCNN(dtype=self.dtype)
         # The weight network is applied to every patch by nn.vmap (shared parameters).
-        self.weight_net = nn.vmap(WeightNet, in_axes=0, out_axes=0,
-                                  variable_axes={"params": None}, split_rngs={"params": False})()
-        self.classifier = Classifier(self.mlp_hidden)
+        weight_net = nn.vmap(WeightNet, in_axes=0, out_axes=0, variable_axes={"params": None},
+                             split_rngs={"params": False})
+        self.weight_net = weight_net(dtype=self.dtype)
+        self.classifier = Classifier(self.mlp_hidden, dtype=self.dtype)
 
     def features(self, image: Array) -> Array:
         patches = patchify(image, self.patch_size)
         gh, gw = patches.shape[:2]
         h = self.patch_cnn(patches.reshape((gh * gw,) + patches.shape[2:]))
-        return h.reshape(gh, gw, -1)
+        return h.reshape(gh, gw, -1).astype(jnp.float32)
 
     def patch_weights(self, grid: Array) -> Array:
         chex.assert_rank(grid, 3)

@@ -1,6 +1,7 @@
 """The run directory (a workdir): the one module that writes and reads its files.
 
-    config.json              the run's config                 write_config / read_config
+    config.json              the run's config (saved once: identity.py)   write_config / read_config
+    config_changes.jsonl     accepted or forced config changes             append_config_change
     metrics.jsonl            a JSON row per log step, epoch   MetricsLog / read_metrics
     events.out.tfevents.*    the same rows for TensorBoard    MetricsLog
     train_summary.json       how training ended               write_train_summary / read_train_summary
@@ -9,7 +10,9 @@
     eval/metrics.json        metrics at 0.5 and at the val-chosen threshold   write_eval / read_eval
     eval/scores_<split>.csv  id,label,score per example       write_eval / read_scores
 
-`checkpoints/` belongs to `train/checkpoint.py`, `explain/<split>/` to `explain/run.py` (read by
+Every JSON file is strict JSON (`strict_dumps`): a non-finite number is written as `null`, never as
+a `NaN`/`Infinity` token that JSON readers reject. `checkpoints/` belongs to `train/checkpoint.py`,
+`.lock` to `train/lock.py`, `explain/<split>/` to `explain/run.py` (read by
 `review/`), the figures to `viz/`. Scores are written with `repr(float)`, so they read back to exactly
 the values the metrics were computed from. `eval/metrics.json` is written last and atomically: it
 marks a finished evaluation (a sweep point that has it is done). TensorBoard event files come from
@@ -19,11 +22,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 CONFIG = "config.json"
+CONFIG_CHANGES = "config_changes.jsonl"
 METRICS = "metrics.jsonl"
 TRAIN_SUMMARY = "train_summary.json"
 HEAD = "head.npz"
@@ -49,9 +56,36 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def finite(obj: Any) -> Any:
+    """`obj` with every non-finite float replaced by None (dicts, lists, tuples, NumPy values)."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return finite(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def strict_dumps(obj: Any, **kwargs) -> str:
+    """json.dumps of `finite(obj)` with allow_nan=False: no NaN tokens in any file of a workdir."""
+    return json.dumps(finite(obj), allow_nan=False, **kwargs)
+
+
 # -- config ------------------------------------------------------------------------------------
 def write_config(workdir, config) -> None:
-    _write_atomic(Path(workdir) / CONFIG, config.to_json_best_effort(indent=2, sort_keys=True))
+    """Writes config.json from a ConfigDict or from its JSON object (a dict)."""
+    obj = config if isinstance(config, dict) else json.loads(config.to_json_best_effort(sort_keys=True))
+    _write_atomic(Path(workdir) / CONFIG, strict_dumps(obj, indent=2, sort_keys=True))
+
+
+def append_config_change(workdir, record: dict) -> None:
+    with (Path(workdir) / CONFIG_CHANGES).open("a") as f:
+        f.write(strict_dumps(record) + "\n")
 
 
 def read_config(workdir) -> dict:
@@ -82,7 +116,7 @@ class MetricsLog:
 
     def append(self, row: dict) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(strict_dumps(row) + "\n")
         if self._tb is not None:
             for k, v in row.items():
                 if k not in ("step", "epoch", "split") and np.ndim(v) == 0:
@@ -110,7 +144,7 @@ def read_metrics(workdir) -> list[dict]:
 
 
 def write_train_summary(workdir, summary: dict) -> None:
-    _write_atomic(Path(workdir) / TRAIN_SUMMARY, json.dumps(summary, indent=2))
+    _write_atomic(Path(workdir) / TRAIN_SUMMARY, strict_dumps(summary, indent=2))
 
 
 def read_train_summary(workdir) -> dict:
@@ -144,14 +178,16 @@ def read_regulator_history(workdir) -> dict:
 
 
 # -- evaluation --------------------------------------------------------------------------------
-def write_eval(workdir, result: dict, scored: dict) -> None:
+def write_eval(workdir, result: dict, scored: dict, out_dir=None) -> None:
     """eval/scores_<split>.csv of every split in `scored` ({split: {"id", "label", "score"}}), then
-    eval/metrics.json (`result`, see `scoring.eval_result`) last, atomically."""
+    eval/metrics.json (`result`, see `scoring.eval_result`) last, atomically. `out_dir` replaces
+    WORKDIR/eval (`launch.py eval --out`)."""
+    folder = Path(out_dir) if out_dir is not None else Path(workdir) / EVAL_DIR
     for split, sc in scored.items():
         rows = "".join(f"{int(i)},{int(lab)},{float(v)!r}\n"
                        for i, lab, v in zip(sc["id"], sc["label"], sc["score"]))
-        _write_atomic(scores_path(workdir, split), "id,label,score\n" + rows)
-    _write_atomic(Path(workdir) / EVAL, json.dumps(result, indent=2))
+        _write_atomic(folder / f"scores_{split}.csv", "id,label,score\n" + rows)
+    _write_atomic(folder / "metrics.json", strict_dumps(result, indent=2))
 
 
 def eval_done(workdir) -> bool:

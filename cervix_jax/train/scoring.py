@@ -15,6 +15,10 @@ from cervix_jax import metrics as M
 from cervix_jax.train.rundir import jsonable
 
 
+class NonFiniteScoreError(FloatingPointError):
+    """Some examples got a NaN/inf score; the message names their ids (launch.py exits 3)."""
+
+
 def score_split(p_eval: Callable, params, frozen, loader) -> dict[str, np.ndarray]:
     """Scores every example of `loader` exactly once: dict id, label, score sorted by id."""
     parts = [jax.device_get(p_eval(params, frozen, b)) for b in loader.epoch(0)]
@@ -25,6 +29,11 @@ def score_split(p_eval: Callable, params, frozen, loader) -> dict[str, np.ndarra
     out = {k: v[order] for k, v in out.items()}
     if len(np.unique(out["id"])) != len(out["id"]):
         raise RuntimeError("evaluation scored some example twice: the loader's padding is not weight 0")
+    bad = ~np.isfinite(out["score"])
+    if bad.any():   # never let a NaN score reach a threshold, an argmax or a JSON file
+        raise NonFiniteScoreError(f"{int(bad.sum())} of {len(bad)} examples got a non-finite score (NaN or "
+                                  f"inf): ids {out['id'][bad][:20].tolist()}; check those inputs and the "
+                                  f"checkpoint")
     return out
 
 

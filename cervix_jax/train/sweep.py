@@ -64,6 +64,7 @@ def register_trainer(name: str, target: str) -> None:
 
 def train_points_with_loop(config, points: list, workdir) -> list:
     """One `loop.train` + `evaluate` per point; returns the points left when a run is interrupted."""
+    from cervix_jax.train import identity
     from cervix_jax.train.evaluate import evaluate
     from cervix_jax.train.loop import train
 
@@ -71,8 +72,7 @@ def train_points_with_loop(config, points: list, workdir) -> list:
         pdir = Path(workdir) / "points" / point_name(p)
         print(f"sweep point {i + 1}/{len(points)}: {point_name(p)}", flush=True)
         pc = point_config(config, p)
-        pdir.mkdir(parents=True, exist_ok=True)
-        rundir.write_config(pdir, pc)
+        identity.record(pc, pdir, mode="sweep")   # a point made under another config is refused
         if train(pc, pdir)["status"] == "interrupted":
             return list(points[i:])
         evaluate(pc, pdir)

@@ -7,7 +7,8 @@ regulator density; weighted mean over the batch. Per-example state = one regulat
 weights of this forward pass and returned as new rows; the engine stores them, so they are used the
 next time that image is visited (Algorithm 1: refit once per epoch per image).
 
-config.model keys (`DEFAULTS`): patch_size, aggregation ("mean" | "sum" | "concat"), mlp_hidden,
+config.model keys (`DEFAULTS`; plus dtype, the compute dtype): patch_size, aggregation ("mean" |
+"sum" | "concat"), mlp_hidden,
 regulator ("none" | "fixed" | "iterative"), reg_lambda, eps_w, eig_floor, refit_weighting
 ("raw" | "minmax": what the iterative refit is fit from, see `refit_weights`).
 "none" drops the spatial term whatever reg_lambda is, and keeps no per-example state. The patch grid
@@ -25,7 +26,7 @@ import numpy as np
 import optax
 
 from cervix_jax import regulator
-from cervix_jax.models.parts import ExplainableModel
+from cervix_jax.models.parts import ExplainableModel, compute_dtype
 from cervix_jax.models.patch import PatchWeightClassifier, crm_patch
 from cervix_jax.train.task import Task
 
@@ -61,7 +62,8 @@ class PatchTask(Task):
             raise ValueError(f"config.model.regulator: expected one of {REGULATORS}, "
                              f"found {m.regulator!r}")
         self.model = PatchWeightClassifier(patch_size=int(m.patch_size), aggregation=m.aggregation,
-                                           mlp_hidden=tuple(m.mlp_hidden))
+                                           mlp_hidden=tuple(m.mlp_hidden),
+                                           dtype=compute_dtype(m.get("dtype", "float32")))
         self.mode = m.regulator
         self.refit_weighting = m.get("refit_weighting", "raw")   # configs older than the key: "raw"
         if self.refit_weighting not in REFIT_WEIGHTINGS:

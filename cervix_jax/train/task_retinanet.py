@@ -225,12 +225,12 @@ def stage1_config(path):
     return mlc.ConfigDict(config)
 
 
-def backbone_module(model_config) -> fpn.ResNetFPN:
-    """The ResNetFPN of a stage-1 RetinaNet (float32, BatchNorm frozen): paper B's frozen backbone."""
+def backbone_module(model_config, dtype=jnp.float32) -> fpn.ResNetFPN:
+    """The ResNetFPN of a stage-1 RetinaNet (BatchNorm frozen, compute `dtype`): paper B's frozen backbone."""
     net = network_from_config(model_config)
     return fpn.ResNetFPN(stage_sizes=net.stage_sizes, width=net.width, style=net.style, stem=net.stem,
                          bn_eps=net.bn_eps, conv_bias=net.conv_bias, feature_size=net.feature_size,
-                         p6_from=net.p6_from)
+                         p6_from=net.p6_from, dtype=dtype)
 
 
 def load_stage1_backbone(path, config) -> dict:
