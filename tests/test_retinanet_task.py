@@ -7,6 +7,7 @@ import jax
 import ml_collections as mlc
 import numpy as np
 import optax
+import pytest
 
 from cervix_jax.train import task_retinanet
 from cervix_jax.train.checkpoint import Checkpoints
@@ -50,6 +51,8 @@ def tiny_config():
     return m
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1500)    # mostly compilation: 415 s on 2 cores shared with ~8 other test runs
 def test_tiny_detector_overfits_8_images_and_stage2_reads_it(seed, tmp_path):
     rng = np.random.default_rng(seed)
     data = toy_images(rng)
