@@ -24,6 +24,7 @@ browser:
 demo: $(STAMP)
 	$(PY) launch.py demo --config configs/demo.py --workdir $(WORKDIR)
 	$(PY) launch.py demo --config configs/demo.py:patch --workdir $(WORKDIR)_patch
+	$(PY) -m cervix_jax.train.demo_report $(WORKDIR) $(WORKDIR)_patch
 
 test: $(STAMP) browser
 	bash scripts/run_tests.sh $(PY)

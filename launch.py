@@ -2,22 +2,25 @@
 
     python launch.py <mode> --config configs/<file>.py[:arg] --workdir DIR [--config.key=value ...]
 
-modes: prepare (build the dataset), train, eval, explain, sweep, demo (= prepare + train + eval +
-explain), review, review-summary. Unknown config keys and values of the wrong type fail at once
-naming the key. The resolved config is written to WORKDIR/config.json. Multi-host: pass
+modes: prepare (build the dataset), train, eval, explain, sweep (then its reports), report (the
+reports of config.sweep.reports on an existing workdir), demo (= prepare + train + eval + explain),
+review, review-summary. Unknown config keys, values of the wrong type and values out of range fail
+at once, all of them listed. `train`/`sweep`/`demo` save the config to WORKDIR/config.json
+once and refuse a later config that differs outside an allow-list (`--force_new_config` accepts it);
+they and `review` hold a workdir lock. `eval`/`explain`/`report` never write config.json
+(`--out DIR` puts their results elsewhere; required on a sweep point). Multi-host: pass
 --coordinator/--num_processes/--process_id (or set config.parallel.distributed=True to read the
 standard environment). See docs/training.md.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("prepare", "train", "eval", "explain", "sweep", "demo", "review", "review-summary")
+MODES = ("prepare", "train", "eval", "explain", "sweep", "report", "demo", "review", "review-summary")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py[:arg]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, figures)")
@@ -28,56 +31,86 @@ _SPLIT = flags.DEFINE_string("split", "test", "review: the split to review")
 _PORT = flags.DEFINE_integer("port", 8765, "review: port")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "review: interface to bind")
 _REVIEWER = flags.DEFINE_string("reviewer", None, "review: reviewer name")
-_BLIND = flags.DEFINE_boolean("blind", False, "review: hide labels and scores")
+_BLIND = flags.DEFINE_boolean("blind", False, "review: hide method names (panels A, B, shuffled)")
 _ALLOW_REMOTE = flags.DEFINE_boolean("allow_remote", False, "review: allow binding a non-loopback host")
+_FORCE_NEW_CONFIG = flags.DEFINE_boolean(
+    "force_new_config", False, "train/sweep/demo: accept a config that differs from WORKDIR/config.json "
+    "outside the allow-list (the change is recorded in WORKDIR/config_changes.jsonl)")
+_OUT = flags.DEFINE_string("out", "", "eval/explain: results folder instead of WORKDIR/eval or "
+                           "WORKDIR/explain/<split> (required on a sweep point)")
+WRITERS = ("train", "sweep", "demo")
 
 
 def run(mode: str, config, workdir: Path) -> dict:
     """Runs one mode; returns what it produced (for tests and the shell)."""
     if mode == "review":
         from cervix_jax import review
-        review.serve(workdir, split=_SPLIT.value, port=_PORT.value, host=_HOST.value,
-                     reviewer=_REVIEWER.value, blind=_BLIND.value, allow_remote=_ALLOW_REMOTE.value)
+        from cervix_jax.train.lock import workdir_lock
+        with workdir_lock(workdir / "review", "review"):   # one server per workdir: no lost ratings
+            review.serve(workdir, split=_SPLIT.value, port=_PORT.value, host=_HOST.value,
+                         reviewer=_REVIEWER.value, blind=_BLIND.value, allow_remote=_ALLOW_REMOTE.value)
         return {}
     if mode == "review-summary":
         from cervix_jax import review
         return {"summary": review.summarize(workdir, split=_SPLIT.value)}
     if mode == "prepare":
         return prepare(config)
+    import contextlib
+
     import jax
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-    if mode == "train":
-        from cervix_jax.train.loop import train
-        return train(config, workdir)
-    if mode == "eval":
-        from cervix_jax.train.evaluate import evaluate
-        return evaluate(config, workdir)
-    if mode == "explain":
+
+    from cervix_jax.train import identity
+    if mode == "report":   # reads the points; writes only the reports' own files
+        from cervix_jax import reports
+        identity.check_read_only(config, workdir, mode=mode)
+        return reports.write(config, workdir)
+    if mode in WRITERS:
+        from cervix_jax.train.lock import workdir_lock
+        main_process = jax.process_index() == 0
+        with contextlib.ExitStack() as stack:
+            if main_process:
+                stack.enter_context(workdir_lock(workdir, mode))
+                stack.enter_context(identity.recorded(config, workdir, mode=mode,
+                                                      force=_FORCE_NEW_CONFIG.value))
+            return _write_mode(mode, config, workdir)
+    if mode in ("eval", "explain"):
+        identity.check_read_only(config, workdir, mode=mode)
+        out = Path(_OUT.value) if _OUT.value else None
+        if mode == "eval":
+            from cervix_jax.train.evaluate import evaluate
+            return evaluate(config, workdir, out_dir=out)
         from cervix_jax.train.evaluate import explain_split
-        return {"explain_dir": str(explain_split(config, workdir))}
-    if mode == "sweep":
-        from cervix_jax.train.sweep import sweep
-        return sweep(config, workdir)
-    if mode == "demo":
-        from cervix_jax.train.evaluate import evaluate, explain_split
-        from cervix_jax.train.loop import train
-        out = {"prepare": prepare(config), "train": train(config, workdir)}
-        if out["train"]["status"] == "interrupted":
-            return out
-        out["eval"] = evaluate(config, workdir)
-        out["explain_dir"] = str(explain_split(config, workdir))
-        return out
+        return {"explain_dir": str(explain_split(config, workdir, out_dir=out))}
     raise app.UsageError(f"mode: expected one of {MODES}, found {mode!r}")
 
 
+def _write_mode(mode: str, config, workdir: Path) -> dict:
+    if mode == "train":
+        from cervix_jax.train.loop import train
+        return train(config, workdir)
+    if mode == "sweep":
+        from cervix_jax import reports
+        from cervix_jax.train.sweep import sweep
+        out = sweep(config, workdir)
+        if out["status"] == "finished":
+            out["reports"] = reports.write(config, workdir)
+        return out
+    from cervix_jax.train.evaluate import evaluate, explain_split
+    from cervix_jax.train.loop import train
+    out = {"prepare": prepare(config), "train": train(config, workdir)}
+    if out["train"]["status"] == "interrupted":
+        return out
+    out["eval"] = evaluate(config, workdir)
+    out["explain_dir"] = str(explain_split(config, workdir))
+    return out
+
+
 def prepare(config) -> dict:
-    """Builds the tfds dataset of config.data (nothing to do for in-memory `memory/<n>` data)."""
-    if config.data.name.startswith("memory/"):
-        return {"prepared": config.data.name, "note": "in-memory data: nothing to build"}
-    from cervix_jax.data.builders import prepare as build
-    return {"prepared": config.data.name, "result": str(build(config.data))}
+    """Builds the tfds dataset of config.data (in-memory `memory/<n>` data has nothing to build)."""
+    from cervix_jax.data.builders import load_source
+    source, info = load_source(config.data)
+    return {"prepared": config.data.name, "examples": len(source),
+            "result": str(info.data_dir) if info is not None else "in-memory data: nothing to build"}
 
 
 def main(argv):
@@ -91,24 +124,56 @@ def main(argv):
     if _CONFIG.value is None and mode not in ("review", "review-summary"):
         raise app.UsageError("--config is required")
     config = _CONFIG.value
+    if config is not None:
+        problems = config_problems(config, mode)
+        if problems:
+            print("config errors:\n  " + "\n  ".join(problems), file=sys.stderr, flush=True)
+            return 1
     if _COORDINATOR.value or (config is not None and config.parallel.distributed):
         from cervix_jax.train.parallel import initialize_distributed
         initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    from cervix_jax.train.loop import NonFiniteLossError
+    from cervix_jax.train.errors import RunRefused
     try:
         out = run(mode, config, Path(_WORKDIR.value or "."))
-    except NonFiniteLossError as e:
+    except FloatingPointError as e:   # loop.NonFiniteLossError / NonFiniteScoreError: names step and ids
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         return 3
-    print(json.dumps(out, default=str, indent=1)[:4000], flush=True)
+    except RunRefused as e:           # config changed, workdir in use, checkpoints of another config...
+        print(f"ERROR: {e}", file=sys.stderr, flush=True)
+        return 2
+    if mode == "demo":
+        from cervix_jax.train.demo_report import table
+        print(table([Path(_WORKDIR.value)]), flush=True)
+        return 0
+    from cervix_jax.train.rundir import strict_dumps
+    print(strict_dumps(out, default=str, indent=1)[:4000], flush=True)
     return 0
+
+
+def config_problems(config, mode: str) -> list[str]:
+    """Every out-of-range value of `config` (and of each sweep point's config, for `sweep`)."""
+    from cervix_jax.train.config import validate
+    problems = validate(config)
+    if mode == "sweep" and not problems:
+        from cervix_jax.train.sweep import grid_points, point_config, point_name
+        try:
+            points = grid_points(config)
+        except ValueError as e:
+            return [str(e)]
+        for p in points:
+            try:
+                pc = point_config(config, p)
+            except (KeyError, TypeError, ValueError) as e:
+                problems.append(f"sweep point {point_name(p)}: {e}")
+                continue
+            problems += [f"sweep point {point_name(p)}: {q}" for q in validate(pc)]
+    return problems
 
 
 def check_overrides(argv: list[str]) -> list[str]:
     """All problems with the `--config.a.b=v` overrides of argv at once: unknown keys (with the
     keys that exist there) and values that do not parse as the field's type."""
     import ast
-    import importlib.util
 
     args = list(argv[1:])
     path = None
@@ -119,13 +184,13 @@ def check_overrides(argv: list[str]) -> list[str]:
             path = args[i + 1]
     if path is None:
         return []
-    file, _, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location("_launch_config", file)
-    if spec is None or not Path(file).is_file():
-        return [f"--config: no such config file {file!r}"]
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
+    from cervix_jax.train.config import load_config
+    try:
+        config = load_config(path)
+    except FileNotFoundError as e:
+        return [str(e)]
+    except (ValueError, KeyError, TypeError) as e:   # e.g. a config file's unknown argument
+        return [f"--config={path}: {e}"]
     errors = []
     for i, a in enumerate(args):
         if not a.startswith("--config."):

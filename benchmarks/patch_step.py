@@ -39,13 +39,13 @@ def timed(fn, steps):
 
 def bench(variant, mode, batch_size, steps, n_examples=64):
     c = get_config(f"{variant},{mode}")
-    task = task_patch.make(c)
+    task = task_patch.make(c.model)
     h, w = c.data.pad_to
     rng = np.random.default_rng(0)
     params = task.init(jax.random.PRNGKey(0), (h, w, 3))["params"]
     opt = optax.adam(c.train.lr)
     opt_state = opt.init(params)
-    state = task.init_example_state(n_examples)
+    state = task.init_example_state(n_examples, (*c.data.pad_to, 3))
     batch = {"image": jnp.asarray(rng.uniform(0, 1, (batch_size, h, w, 3)), jnp.float32),
              "label": jnp.asarray(rng.integers(0, 2, batch_size), jnp.int32),
              "id": jnp.arange(batch_size, dtype=jnp.int32),
@@ -62,7 +62,7 @@ def bench(variant, mode, batch_size, steps, n_examples=64):
     t_step = timed(lambda: step(params, opt_state, state), steps)
     t_refit = None
     if mode == "iterative":
-        a = jnp.asarray(rng.uniform(0, 1, (batch_size,) + task.grid), jnp.float32)
+        a = jnp.asarray(rng.uniform(0, 1, (batch_size,) + task.grid_for(c.data.pad_to)), jnp.float32)
         refit = jax.jit(jax.vmap(lambda m, cv, x: regulator.refit(m, cv, x, eps_w=task.eps_w,
                                                                  eig_floor=task.eig_floor)))
         rows = jax.tree.map(lambda x: x[:batch_size], state)

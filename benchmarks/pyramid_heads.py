@@ -44,7 +44,7 @@ def main():
     def task_for(levels):
         c = pyramid_config.get_config(levels)
         c.model.backbone = args.backbone
-        return task_pyramid.make(c)
+        return task_pyramid.make(c.model)
 
     frozen = task_for("p3").init(jax.random.PRNGKey(0), (h, w, 3))["frozen"]
     tx = optax.adam(1e-3)

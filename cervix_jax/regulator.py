@@ -58,7 +58,8 @@ def gaussian_density(mu: Array, cov: Array, shape: tuple[int, int]) -> Array:
     return jnp.exp(-0.5 * maha) / (2.0 * jnp.pi * jnp.sqrt(det))
 
 
-def _minmax(x: Array, eps: float) -> Array:
+def minmax(x: Array, eps: float = MINMAX_EPS) -> Array:
+    """(x - min) / (max - min + eps) over the whole map."""
     return (x - x.min()) / (x.max() - x.min() + eps)
 
 
@@ -66,7 +67,7 @@ def dissimilarity(a: Array, s: Array, *, eps: float = MINMAX_EPS) -> Array:
     """D = 1 - minmax(a) * minmax(s) per patch (Eqn. 6); minmax(x) = (x - min) / (max - min + eps)."""
     chex.assert_rank(a, 2)
     chex.assert_equal_shape([a, s])
-    return 1.0 - _minmax(a, eps) * _minmax(s, eps)
+    return 1.0 - minmax(a, eps) * minmax(s, eps)
 
 
 def spatial_loss(a: Array, mu: Array, cov: Array) -> Array:
@@ -121,3 +122,13 @@ def refit(prev_mu: Array, prev_cov: Array, weights: Array, *, eps_w: float,
     inside = (mu[0] >= -0.5) & (mu[0] <= w - 0.5) & (mu[1] >= -0.5) & (mu[1] <= h - 0.5)
     valid = (weights.sum() > eps_w) & finite & inside & (evals[0] >= -eig_floor)
     return (jnp.where(valid, mu, prev_mu), jnp.where(valid, floored, prev_cov), valid)
+
+
+def mask_centre(mask, patch: int = 1):
+    """(x, y) centroid of a mask [H, W] (NumPy) in units of `patch` pixels, where the centre of patch
+    (i, j) is at (j, i): pixel units with patch=1. (nan, nan) when the mask is absent or empty."""
+    import numpy as np
+    if mask is None or not np.any(mask):
+        return (float("nan"), float("nan"))
+    ys, xs = np.nonzero(mask)
+    return ((xs.mean() + 0.5) / patch - 0.5, (ys.mean() + 0.5) / patch - 0.5)

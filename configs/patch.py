@@ -15,9 +15,6 @@ from __future__ import annotations
 from cervix_jax.models.patch import PATCH_VARIANTS
 from cervix_jax.train.config import base_config
 
-
-
-
 def get_config(arg: str | None = None):
     args = [a for a in (arg or "").split(",") if a]
     known = set(PATCH_VARIANTS) | {"none", "fixed", "iterative", "runlocal", "evidence"}
@@ -54,14 +51,8 @@ def get_config(arg: str | None = None):
         c.train.log_every = 5
 
     if "evidence" in args:
-        # Paper A's regulator claim (EXPERIMENTS.md; docs/results/paper_a.md): none / fixed / iterative
-        # x 3 seeds on the same split. CPU-sized (~5 min a point on 2 CPU cores): 480 images of
-        # 96 x 144 with lesions larger than the default, 8-px patches (12 x 18 grid). Inputs
-        # standardised ("torch": with "unit" 0..1 inputs the classifier stayed at chance for 15+
-        # epochs), Adam lr 1e-4 for 50 epochs instead of the paper's 1e-5 for 150 on a GPU (3e-4
-        # collapsed the network for one seed of three, 1e-3 and 3e-3 for every one tried). With a
-        # regulator the classifier starts to learn ~15 epochs later than without: 25 epochs left
-        # one regulated run unconverged.
+        # Paper A's regulator claim: none / fixed / iterative x 3 seeds on the same split, CPU-sized
+        # (~5 min a point on 2 CPU cores). Why these settings: docs/results/paper_a.md.
         c.data.name = "synthetic_cervix/evidence"
         c.data.image_size = 144
         c.data.pad_to = (96, 144)
@@ -74,4 +65,5 @@ def get_config(arg: str | None = None):
         c.explain.methods = ()
         c.explain.max_images = 1000          # every test image
         c.sweep.grid = (("model.regulator", ("none", "fixed", "iterative")), ("seed", (0, 1, 2)))
+        c.sweep.reports = ("summary", "regulator_evidence")
     return c

@@ -8,8 +8,9 @@
   runlocal  tiny backbone on synthetic_cervix/tiny at 128x192 (tests, smoke runs)
   small     the real ResNet50-FPN on synthetic_cervix/demo (192 images) at 128x192, head lr 1e-3, 30 epochs
   sweep     config.sweep.grid = the seven heads x seeds (0, 1, 2) x test blur (0, 19, 49): paper B's
-            Tables 2 and 4. Trained by the fast path (PyramidTask.sweep_fast: one backbone pass, all 21
-            heads in one vmapped program; --config.sweep.fast=False runs the points one by one). Below
+            Tables 2 and 4. Trained by the cached-feature trainer (train/cached_heads.py: one backbone
+            pass, all 21 heads in one vmapped program; --config.sweep.trainer=loop runs the points one
+            by one), then the reports summary and paper_b_table (cervix_jax/reports/). Below
             1200 px the blur kernels are scaled by longer border / 1200 to the nearest odd size
             (`scaled_blur`: 19 -> 3 and 49 -> 7 at 192 px); the grid holds the kernel sizes used.
 
@@ -25,9 +26,6 @@ random-initialised (the same for every seed).
 """
 from cervix_jax.models import pyramid
 from cervix_jax.train.config import base_config
-
-
-
 
 PAPER_BLUR = (0, 19, 49)                # paper B: Gaussian kernels 19x19 and 49x49 on 1200-px images
 MODIFIERS = ("runlocal", "small", "sweep")
@@ -58,6 +56,8 @@ def get_config(arg: str = "p3p6p7"):
 
     c.model.levels = levels
     c.sweep.grid = (("model.levels", tuple(pyramid.PAPER_HEADS)),)   # the paper's seven heads
+    c.sweep.trainer = "cached_heads"        # frozen backbone: every head from one backbone pass
+    c.sweep.reports = ("summary", "paper_b_table")
 
     if runlocal:
         c.data.name = "synthetic_cervix/tiny"

@@ -7,6 +7,10 @@ from cervix_jax.train.config import base_config
 
 
 def get_config(arg=None):
+    args = [a for a in (arg or "").split(",") if a]
+    unknown = [a for a in args if a != "state"]
+    if unknown:
+        raise ValueError(f"configs/tiny.py: unknown args {unknown}; expected from ['state']")
     c = base_config("tiny")
     c.data.name = "memory/64"
     c.data.pad_to = (16, 16)
@@ -16,5 +20,5 @@ def get_config(arg=None):
     c.train.log_every = 2
     c.train.checkpoint_every = 4
     c.explain.max_images = 8
-    c.model.example_state = arg == "state"
+    c.model.example_state = "state" in args
     return c

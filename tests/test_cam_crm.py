@@ -161,3 +161,34 @@ def test_jit_vmap_grad_through_cam_and_crm(rng):
     eps = 1e-2
     fd = (float(soft_loss(f + eps * v)) - float(soft_loss(f - eps * v))) / (2 * eps)
     assert abs(analytic - fd) <= 2e-2 * abs(fd) + 1e-6
+
+
+def test_crm_pooled_with_pooling_weights_equals_brute_force(rng):
+    """GAP over the valid region of a padded image: crm_pooled(weights) vs zero-ablation in float64."""
+    from cervix_jax.explain.crm import crm_pooled
+    h, w, k, c = 5, 6, 4, 3
+    f = rng.normal(size=(h, w, k)).astype(np.float32)
+    weights = np.zeros((h, w))
+    weights[:3, :4] = rng.uniform(0.2, 1.0, (3, 4))
+    weights /= weights.sum()
+    kern, bias = rng.normal(size=(k, c)), rng.normal(size=c)
+
+    def g64(p):
+        z = p @ kern + bias
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+    def head64(x):
+        return g64(np.einsum("hwk,hw->k", x, weights))
+
+    s = head64(f.astype(np.float64))
+    ref = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            a = f.astype(np.float64).copy()
+            a[y, x] = 0
+            ref[y, x] = np.sum((s - head64(a)) ** 2)
+    post_pool = lambda p: jax.nn.softmax(p @ jnp.asarray(kern, jnp.float32) + jnp.asarray(bias, jnp.float32))  # noqa: E731
+    got = np.asarray(crm_pooled(post_pool, jnp.asarray(f), jnp.asarray(weights, jnp.float32)))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * ref.max())
+    assert np.all(got[3:] == 0) and np.all(got[:, 4:] == 0)          # padding cells: no relevance

@@ -14,6 +14,7 @@ import pytest
 from cervix_jax.train import loop
 from cervix_jax.train.checkpoint import Checkpoints
 from cervix_jax.train.config import base_config
+from cervix_jax.train.data import local_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def tiny_config(**train):
 def final_state(workdir):
     """(params, example_state, meta) of the newest checkpoint, as NumPy."""
     c = tiny_config()
-    data = loop.local_data(c)
+    data = local_data(c)
     ck = Checkpoints(Path(workdir) / "checkpoints", keep=2, best_metric="val_accuracy")
     from cervix_jax.train.state import create_state, make_optimizer
     from cervix_jax.train.task import make_task
@@ -144,7 +145,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(reference, tmp_path, c
 
 def test_nonfinite_loss_names_step_and_ids_and_keeps_last_good(tmp_path, rng):
     c = tiny_config(epochs=2, checkpoint_every=3)
-    data = loop.local_data(c)
+    data = local_data(c)
     spe, bs = len(data.train), c.train.batch_size
     orders = [data.train.indices[np.random.default_rng([c.seed, e]).permutation(len(data.train.indices))]
               for e in range(2)]
@@ -158,9 +159,10 @@ def test_nonfinite_loss_names_step_and_ids_and_keeps_last_good(tmp_path, rng):
     batch_ids = orders[epoch][batch * bs:(batch + 1) * bs]
     # an out-of-range label makes the tiny task's log-likelihood NaN (jnp gathers fill with NaN);
     # NaN pixels would not do: jitted relu on CPU maps NaN to 0
-    label = data.train.arrays["label"].copy()
+    source = data.train.source             # memory/<n>: an in-memory source, position = id
+    label = source.arrays["label"].copy()
     label[poisoned] = 7
-    data.train.arrays = {**data.train.arrays, "label": label}
+    source.arrays = {**source.arrays, "label": label}
     with pytest.raises(loop.NonFiniteLossError) as err:
         loop.train(c, tmp_path, data=data)
     msg = str(err.value)

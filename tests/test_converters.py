@@ -15,7 +15,10 @@ import pytest
 from cervix_jax.convert import (ConversionError, resnet50_from_keras_applications,
                                 retinanet_from_keras, retinanet_from_torchvision)
 from cervix_jax.convert import cli
+from cervix_jax.detection import anchors_for_shape
+from cervix_jax.models import retinanet
 from cervix_jax.models.fpn import FPN
+from cervix_jax.models.fpn import ResNetFPN as FPNModule
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
@@ -53,37 +56,47 @@ def golden():
 
 @pytest.fixture(scope="module")
 def torchvision_models(golden):
-    """version -> (module, variables, outputs on the golden input)."""
+    """version -> (module, backbone + FPN variables, outputs on the golden input, variables with heads)."""
     out = {}
     with jax.default_matmul_precision("highest"):
         for version, (z, sd) in golden.items():
-            module, variables = retinanet_from_torchvision(sd, version=version)
-            out[version] = (module, variables, jax.jit(module.apply)(variables, z["input"]))
+            module, variables = retinanet_from_torchvision(sd, version=version, heads=True)
+            out[version] = (module, retinanet.backbone_variables(variables),
+                            jax.jit(module.apply)(variables, z["input"]), variables)
     return out
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_torchvision_retinanet_matches_golden(golden, torchvision_models, version):
-    z, _ = golden[version]
-    module, _, out = torchvision_models[version]
+    z, sd = golden[version]
+    module, backbone, out, _ = torchvision_models[version]
+    assert isinstance(module, retinanet.RetinaNet)
     assert module.p6_from == {"v1": "P5", "v2": "C5"}[version]
-    assert module.bn_eps == float(z["bn_eps"])
-    for level in LEVELS:
+    assert module.head_norm == {"v1": "none", "v2": "group"}[version]
+    assert module.bn_eps == float(z["bn_eps"]) and module.num_classes == z["cls_logits"].shape[-1]
+    for level in LEVELS + ("cls_logits", "box_deltas"):
         assert out[level].shape == z[level].shape, level
         assert rel_err(out[level], z[level]) < 1e-4, level
+    np.testing.assert_array_equal(anchors_for_shape(z["input"].shape[1:3], "torchvision"), z["anchors"])
+    # Without heads: the backbone + FPN alone, the same tensors.
+    plain_module, plain = retinanet_from_torchvision(sd, version=version)
+    assert type(plain_module) is FPNModule
+    jax.tree.map(np.testing.assert_array_equal, plain, backbone)
 
 
-def test_torchvision_old_fpn_keys_give_same_variables(golden, torchvision_models):
+def test_torchvision_old_fpn_and_head_keys_give_same_variables(golden, torchvision_models):
     _, sd = golden["v1"]
     old = {}
     for k, v in sd.items():
         for kind in ("inner_blocks", "layer_blocks"):
             for i in range(3):
                 k = k.replace(f"backbone.fpn.{kind}.{i}.0.", f"backbone.fpn.{kind}.{i}.")
+        for i in range(4):
+            k = k.replace(f"_head.conv.{i}.0.", f"_head.conv.{2 * i}.")
         old[k] = v
-    assert "backbone.fpn.inner_blocks.0.weight" in old
-    _, variables = retinanet_from_torchvision(old, version="v1")
-    jax.tree.map(np.testing.assert_array_equal, variables, torchvision_models["v1"][1])
+    assert "backbone.fpn.inner_blocks.0.weight" in old and "head.regression_head.conv.6.bias" in old
+    _, variables = retinanet_from_torchvision(old, version="v1", heads=True)
+    jax.tree.map(np.testing.assert_array_equal, variables, torchvision_models["v1"][3])
 
 
 def test_torchvision_plain_resnet50(golden, torchvision_models):
@@ -208,7 +221,7 @@ def _keras_retinanet_layers(stem_v01: bool, with_fpn: bool):
     return names, torch_of
 
 
-def write_keras_retinanet_h5(path, sd, *, stem_v01=False, with_fpn=True):
+def write_keras_retinanet_h5(path, sd, *, stem_v01=False, with_fpn=True, heads_sd=None):
     """An HDF5 file with keras-retinanet's structure (model_weights, layer_names, weight_names with ':0')."""
     names, torch_of = _keras_retinanet_layers(stem_v01, with_fpn)
     rng = np.random.default_rng(5)
@@ -228,6 +241,15 @@ def write_keras_retinanet_h5(path, sd, *, stem_v01=False, with_fpn=True):
                     if f"{t}.bias" in sd:
                         weights["bias"] = sd[f"{t}.bias"]
                 weights = {f"{name}/{k}:0": v for k, v in weights.items()}
+            elif name.endswith("_submodel") and heads_sd is not None:    # from a torchvision v1 head
+                kind = name.split("_")[0]
+                head = f"head.{kind}_head"
+                final = f"{head}.{'cls_logits' if kind == 'classification' else 'bbox_reg'}"
+                sources = {f"pyramid_{kind}_{i}": f"{head}.conv.{i}.0" for i in range(4)}
+                sources[f"pyramid_{kind}"] = final
+                weights = {f"{k}/{slot}:0": heads_sd[f"{t}.{tslot}"].transpose(2, 3, 1, 0) if slot == "kernel"
+                           else heads_sd[f"{t}.{tslot}"]
+                           for k, t in sources.items() for slot, tslot in (("kernel", "weight"), ("bias", "bias"))}
             elif name.endswith("_submodel"):     # nested detection head
                 kind = name.split("_")[0]
                 weights = {f"pyramid_{kind}_{i}/{s}:0": rng.normal(size=(3, 3, 256, 256) if s == "kernel" else (256,))
@@ -249,6 +271,26 @@ def test_retinanet_from_keras_maps_onto_the_torchvision_verified_network(golden,
     assert (module.style, module.stem, module.p6_from) == ("caffe", "pad3_same" if stem_v01 else "same", "C5")
     tv_variables = torchvision_models["v2"][1]
     jax.tree.map(np.testing.assert_array_equal, variables, tv_variables)
+
+
+def test_retinanet_from_keras_heads(golden, torchvision_models, tmp_path):
+    """heads=True: the submodels land on the same head variables as torchvision v1's (no GroupNorm), the
+    backbone on v2's; without heads=True the same file gives the backbone alone; a file without heads
+    is refused."""
+    path = str(tmp_path / "retinanet.h5")
+    write_keras_retinanet_h5(path, golden["v2"][1], heads_sd=golden["v1"][1])
+    module, variables = retinanet_from_keras(path, heads=True)
+    assert isinstance(module, retinanet.RetinaNet) and module.num_classes == 3 and module.head_norm == "none"
+    tv1 = torchvision_models["v1"][3]
+    for sub in ("classification_submodel", "regression_submodel"):
+        jax.tree.map(np.testing.assert_array_equal, variables["params"][sub], tv1["params"][sub])
+    jax.tree.map(np.testing.assert_array_equal, retinanet.backbone_variables(variables),
+                 torchvision_models["v2"][1])
+    _, plain = retinanet_from_keras(path)
+    jax.tree.map(np.testing.assert_array_equal, plain, torchvision_models["v2"][1])
+    write_keras_retinanet_h5(path, golden["v2"][1])
+    with pytest.raises(ConversionError, match="heads=True needs a full keras-retinanet model"):
+        retinanet_from_keras(path, heads=True)
 
 
 def test_retinanet_from_keras_backbone_only_and_strict(golden, tmp_path):
@@ -301,9 +343,50 @@ def test_cli_writes_a_checkpoint_the_pyramid_task_loads(golden, torchvision_mode
         "backbone_checkpoint": str(out_dir)})
     config = mlc.ConfigDict({"model": model_config})
     with pytest.raises(ValueError, match="--config.model.style=torchvision"):
-        task_pyramid.make(config).init(jax.random.PRNGKey(0), (64, 96, 3))
+        task_pyramid.make(config.model).init(jax.random.PRNGKey(0), (64, 96, 3))
     for flag in flags:
         key, value = flag.removeprefix("--config.model.").split("=")
         model_config[key] = type(model_config[key])(value) if key != "conv_bias" else value == "True"
-    variables = task_pyramid.make(config).init(jax.random.PRNGKey(0), (64, 96, 3))
+    variables = task_pyramid.make(config.model).init(jax.random.PRNGKey(0), (64, 96, 3))
     jax.tree.map(np.testing.assert_array_equal, variables["frozen"], torchvision_models["v1"][1])
+
+
+# --- state-dict files through the CLI path: .pth (read without torch) and .safetensors ------------------
+
+def test_pth_is_read_without_torch(golden):
+    """The committed torch.save file (made by the golden script) holds recipe tensors; a transposed view,
+    float16 and int64 come back exactly."""
+    sd = cli.read_state_dict(str(GOLDEN / "torchvision_small.pth"))
+    ref = golden["v1"][1]
+    assert list(sd) == list(recipe.SMALL_KEYS) + ["backbone.body.layer1.0.bn1.num_batches_tracked"]
+    key = "backbone.body.layer1.0.conv1.weight"
+    np.testing.assert_array_equal(sd[key], ref[key].transpose(1, 0, 2, 3))
+    key = "backbone.body.layer1.0.bn1.running_var"
+    assert sd[key].dtype == np.float16
+    np.testing.assert_array_equal(sd[key], ref[key].astype(np.float16))
+    for key in ("backbone.body.conv1.weight", "backbone.body.bn1.weight"):
+        np.testing.assert_array_equal(sd[key], ref[key])
+    assert sd["backbone.body.layer1.0.bn1.num_batches_tracked"] == 7
+    # Through the CLI: the file is read and its names are understood (strict: only missing tensors).
+    with pytest.raises(ConversionError, match=r"missing \(") as e:
+        cli.main([str(GOLDEN / "torchvision_small.pth"), "/nonexistent/out", "--format", "torchvision-v1"])
+    assert "unexpected" not in str(e.value) and "mis-shaped" not in str(e.value)
+
+
+def test_pth_reader_refuses_code(tmp_path):
+    import pickle
+    import zipfile
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("evil/data.pkl", pickle.dumps({"x": os.system}))
+    with pytest.raises(pickle.UnpicklingError, match="only tensors and dicts"):
+        cli.read_state_dict(str(path))
+
+
+def test_safetensors_through_the_cli(golden, torchvision_models, tmp_path):
+    from safetensors.numpy import save_file
+    path = str(tmp_path / "retinanet_v2.safetensors")
+    save_file(golden["v2"][1], path)
+    module, variables = cli.convert(path, "torchvision-v2")
+    assert module.p6_from == "C5"
+    jax.tree.map(np.testing.assert_array_equal, variables, torchvision_models["v2"][1])

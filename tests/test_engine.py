@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 
+from cervix_jax import reports
 from cervix_jax.train import loop
-from cervix_jax.train.checkpoint import Checkpoints
+from cervix_jax.train.checkpoint import Checkpoints, restore
 from cervix_jax.train.config import base_config
-from cervix_jax.train.evaluate import restore_trained
+from cervix_jax.train.data import local_data
+from cervix_jax.train.scoring import score_split
 from cervix_jax.train.sweep import grid_points, point_name, sweep
 
 
@@ -25,7 +27,7 @@ def tiny_config(**train):
 def test_early_stopping_keeps_best_and_scores_every_example_once(tmp_path):
     c = tiny_config(lr=0.0, patience=1)  # lr 0: val never improves after epoch 1
     summary = loop.train(c, tmp_path)
-    data = loop.local_data(c)
+    data = local_data(c)
     spe = len(data.train)
     assert summary["status"] == "stopped_early" and summary["step"] == 2 * spe
     assert summary["best_step"] == spe
@@ -36,7 +38,8 @@ def test_early_stopping_keeps_best_and_scores_every_example_once(tmp_path):
     rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "val"] == [spe, 2 * spe]
 
-    task, variables, step = restore_trained(c, tmp_path, data)
+    run = restore(c, tmp_path, data)
+    task, variables, step = run.task, run.variables, run.step
     assert step == spe
     import functools
     from cervix_jax.train.parallel import data_parallel
@@ -45,14 +48,14 @@ def test_early_stopping_keeps_best_and_scores_every_example_once(tmp_path):
     n = len(loader.indices)
     assert n % c.train.batch_size, "the test split should need a padded last batch"
     p_eval = data_parallel(functools.partial(eval_step, task=task), "pmap", num_replicated=2)
-    scored = loop.score_split(p_eval, variables["params"], variables["frozen"], loader)
+    scored = score_split(p_eval, variables["params"], variables["frozen"], loader)
     np.testing.assert_array_equal(scored["id"], np.sort(loader.indices))
-    arrays = loader.arrays
     for k, i in enumerate(scored["id"]):
-        x = arrays["image"][i].astype(np.float64)[None] / 255.0
+        example = loader.source[int(i)]   # memory data: source position = id
+        x = example["image"].astype(np.float64)[None] / 255.0
         p = task.predict(variables["params"], {}, {"image": np.float32(x)})
         np.testing.assert_allclose(scored["score"][k], np.asarray(p)[0], rtol=1e-5, atol=1e-6)
-        assert scored["label"][k] == arrays["label"][i]
+        assert scored["label"][k] == example["label"]
 
 
 def test_sweep_runs_points_resumes_and_summarizes(tmp_path):
@@ -62,6 +65,7 @@ def test_sweep_runs_points_resumes_and_summarizes(tmp_path):
     assert len(points) == 4 and points[1] == {"model.width": 2, "seed": 1}
     out = sweep(c, tmp_path)
     assert out["status"] == "finished"
+    reports.write(c, tmp_path)   # the summary, as `launch.py sweep` runs it at the end
     files = {point_name(p): tmp_path / "points" / point_name(p) / "eval" / "metrics.json" for p in points}
     mtimes = {k: f.stat().st_mtime_ns for k, f in files.items()}
     # the point configs really differ

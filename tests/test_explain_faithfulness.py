@@ -76,3 +76,59 @@ def test_deletion_insertion_match_numpy_loop(rng):
     ref_curve, ref_auc = numpy_curve(np_fn, blur, x, heat, 9)
     np.testing.assert_allclose(curve, ref_curve, rtol=1e-5)
     assert float(auc) == pytest.approx(ref_auc, rel=1e-5)
+
+
+def test_metrics_and_heatmaps_ignore_the_padding(rng):
+    """An image smaller than pad_to (valid = its top-left h x w pixels): ROI area, pointing game, IoU,
+    deletion/insertion and the heatmap's max-normalisation see the image pixels only (issue 15)."""
+    from PIL import Image
+    from cervix_jax.explain import postprocess
+    H, W, h, w = 12, 10, 7, 6
+    valid = np.zeros((H, W), np.uint8)
+    valid[:h, :w] = 1
+    v = valid > 0
+    heat = rng.uniform(0, 0.9, size=(H, W)).astype(np.float32)
+    heat[H - 1, W - 1] = 1.0                                     # the global maximum lies in the padding
+    mask = random_mask(rng, H, W)
+    mask[H - 1, W - 1] = 0
+    t = 0.3
+    got = jax.jit(lambda hh, m, vv: (ev.roi_area(hh, t, vv), ev.pointing_game(hh, m, vv),
+                                     ev.iou(hh, m, t, vv)))(heat, mask, valid)
+    assert float(got[0]) == pytest.approx(np.mean(heat[v] >= t))
+    y, x = np.unravel_index(np.argmax(np.where(v, heat, -1)), (H, W))
+    assert float(got[1]) == float(mask[y, x] > 0)
+    ref = jaccard_score(mask[v].ravel() > 0, heat[v].ravel() >= t) if (mask[v].any() or (heat[v] >= t).any()) else np.nan
+    assert float(got[2]) == pytest.approx(ref, rel=1e-6)
+    # deletion / insertion: only the h*w image pixels are ordered and replaced
+    jax_fn, np_fn = tiny_score(rng)
+    img = rng.uniform(0, 1, size=(H, W, 3)).astype(np.float32) * v[..., None]
+    steps = 5
+    sub = lambda a: a[:h, :w]  # noqa: E731
+
+    def np_full(sub_image):
+        full = img.astype(np.float64).copy()
+        full[:h, :w] = sub_image
+        return np_fn(full)
+
+    curve, auc = ev.deletion(jax_fn, img, heat, steps=steps, valid=valid)
+    ref_curve, ref_auc = numpy_curve(np_full, sub(img), np.zeros((h, w, 3)), sub(heat), steps)
+    np.testing.assert_allclose(curve, ref_curve, rtol=1e-5)
+    assert float(auc) == pytest.approx(ref_auc, rel=1e-5)
+    # insertion starts from the blur of the image pixels alone (normalised convolution)
+    num = ndimage.gaussian_filter(img.astype(np.float64) * v[..., None], (5, 5, 0), mode="mirror", truncate=3.0)
+    den = ndimage.gaussian_filter(v.astype(np.float64), 5, mode="mirror", truncate=3.0)
+    blur = num / den[..., None]
+    np.testing.assert_allclose(np.asarray(ev.blurred(img, valid=valid))[v], blur[v], rtol=1e-4, atol=1e-6)
+    curve, auc = ev.insertion(jax_fn, img, heat, steps=steps, valid=valid)
+    ref_curve, ref_auc = numpy_curve(np_full, sub(blur), sub(img), sub(heat), steps)
+    np.testing.assert_allclose(curve, ref_curve, rtol=1e-4)
+    # heatmap: the max over the feature cells holding image pixels, 0 on the padding
+    raw = rng.uniform(0, 1, size=(3, 5)).astype(np.float32)    # 4x2-pixel cells; rows 0-1 and cols 0-2 hold pixels
+    raw[2, 4] = 5.0                                              # a cell of padding only
+    keep = np.zeros((3, 5), bool)
+    keep[:2, :3] = True
+    norm = np.where(keep, raw, 0) / raw[keep].max()
+    up = np.asarray(Image.fromarray(norm, mode="F").resize((W, H), Image.BILINEAR))
+    got = np.asarray(postprocess.heatmap(raw, (H, W), valid=valid))
+    np.testing.assert_allclose(got, np.where(v, up, 0), rtol=1e-5, atol=1e-6)
+    assert np.asarray(postprocess.heatmap(raw, (H, W)))[v].max() < 0.5 * got[v].max()   # unmasked: padding wins

@@ -104,3 +104,56 @@ def test_explain_to_dir_drops_cam_without_kernel(tmp_path, rng):
     with pytest.warns(UserWarning, match="cam"):
         table = explain_to_dir(model, [ex], str(tmp_path / "val"), batch_size=1, auc_steps=2)
     assert list(table) == ["crm"] and np.isnan(table["crm"]["iou_lesion"])
+
+
+def strict_json(text):
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_padding_ignored_and_nonfinite_inputs_flagged(tmp_path, rng):
+    """Issue 15: a padded image's map and metrics cover its valid region only; an image with a NaN
+    pixel is flagged with null score / prediction / metrics, and index.json stays strict JSON."""
+    model, features64, head64 = tiny(rng)
+    model = ExplainableModel(features=model.features, head=model.head, scores=model.scores,
+                             post_pool=model.post_pool, class_names=model.class_names)
+    h, w = 10, 13                                    # feature cells (4x4 px): rows 0-2, cols 0-3 hold pixels
+    valid = np.zeros((H, W), np.uint8)
+    valid[:h, :w] = 1
+    images = rng.uniform(0, 1, size=(3, H, W, 3)).astype(np.float32)
+    images[0] *= valid[..., None]
+    images[2, 3, 5, 1] = np.nan
+    examples = [dict(image=im, display=(np.nan_to_num(im) * 255).astype(np.uint8), label=i % 2, id=i)
+                for i, im in enumerate(images)]
+    examples[0]["valid"] = valid
+    out = tmp_path / "test"
+    with pytest.warns(UserWarning, match="nonfinite_input"):
+        table = explain_to_dir(model, examples, str(out), methods=("crm",), batch_size=3, auc_steps=4)
+    index = strict_json((out / "index.json").read_text())
+    padded, full, bad = index["items"]
+    assert padded["flags"] == [] and full["flags"] == []
+    assert bad["flags"][:2] == ["nonfinite_input", "nonfinite_scores"]
+    assert bad["score"] is None and bad["pred"] is None and bad["correct"] is False
+    assert all(v is None for v in bad["metrics"]["crm"].values())
+    # the padded image: CRM max-normalised over the cells that hold image pixels, 0 on the padding
+    f = features64(images[0])
+    s = head64(f)
+    m = np.zeros(f.shape[:2])
+    for y in range(f.shape[0]):
+        for x in range(f.shape[1]):
+            g = f.copy()
+            g[y, x] = 0
+            m[y, x] = np.sum((s - head64(g)) ** 2)
+    keep = np.zeros_like(m, bool)
+    keep[:3, :4] = True
+    m = np.where(keep, m, 0) / m[keep].max()
+    up = np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((W, H), Image.BILINEAR))
+    up = np.where(valid > 0, up, 0.0)
+    png = np.asarray(Image.open(out / padded["maps"]["crm"])).astype(int)
+    assert np.abs(png - np.round(np.clip(up, 0, 1) * 255)).max() <= 1
+    assert png[valid == 0].max() == 0
+    assert padded["metrics"]["crm"]["roi_area"] == pytest.approx(np.mean(up[valid > 0] >= 0.2), abs=2 / (h * w))
+    # the table averages the finite examples only
+    assert table["crm"]["roi_area"] == pytest.approx(
+        np.mean([padded["metrics"]["crm"]["roi_area"], full["metrics"]["crm"]["roi_area"]]), rel=1e-6)

@@ -1,4 +1,6 @@
 """The Grad-CAM family, perturbation methods, Eigen-CAM, IG and the registry vs NumPy references."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,12 +127,16 @@ def test_eigencam_is_first_principal_component(rng):
     np.testing.assert_allclose(eigencam(f), ref, rtol=1e-4, atol=1e-5)
 
 
-def test_occlusion_equals_numpy_window_loop(rng, model):
+@pytest.mark.parametrize("border", ["clip", "shift"])
+def test_occlusion_equals_numpy_window_loop(rng, model, border):
     x = rng.uniform(0, 1, size=(H, W, 3)).astype(np.float32)
     scores = model.np("scores")
     win, stride, t = 6, 4, 0
-    ys, xs = window_starts(H, win, stride), window_starts(W, win, stride)
-    assert ys == [0, 4, 8, 10] and xs == [0, 4, 8, 12, 14]
+    ys, xs = window_starts(H, win, stride, border), window_starts(W, win, stride, border)
+    if border == "shift":   # a last full window flush with the far border
+        assert ys == [0, 4, 8, 10] and xs == [0, 4, 8, 12, 14]
+    else:                   # Captum's windows: multiples of the stride, the last one clipped
+        assert ys == [0, 4, 8, 12] and xs == [0, 4, 8, 12, 16]
     total, count = np.zeros((H, W)), np.zeros((H, W))
     base = scores(x)[t]
     for y0 in ys:
@@ -139,8 +145,37 @@ def test_occlusion_equals_numpy_window_loop(rng, model):
             occluded[y0:y0 + win, x0:x0 + win] = 0.5
             total[y0:y0 + win, x0:x0 + win] += base - scores(occluded)[t]
             count[y0:y0 + win, x0:x0 + win] += 1
-    got = occlusion(model.scores, x, t, window=win, stride=stride, value=0.5, batch_size=7)
+    got = occlusion(model.scores, x, t, window=win, stride=stride, value=0.5, batch_size=7,
+                    border=border)
+    assert count.min() >= 1
     np.testing.assert_allclose(got, total / count, rtol=1e-4, atol=1e-6)
+
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "captum_occlusion.npz")
+
+
+def test_occlusion_equals_captum_golden():
+    """Captum 0.9's `Occlusion` on a seeded model (scripts/make_captum_golden.py), rebuilt in JAX."""
+    golden = np.load(GOLDEN)
+    cases = sorted({k.split("/")[0] for k in golden.files if "/" in k})
+    assert {"h21w30_win6_s4", "h16w16_win5_s3", "h16w24_win8_s8"} <= set(cases)
+    for name in cases:
+        g = {k.split("/")[1]: golden[k] for k in golden.files if k.startswith(name + "/")}
+        h, w = g["x"].shape[:2]
+
+        def scores(x, g=g, h=h, w=w):
+            u = jnp.tanh(x @ g["A"] + g["a"]) @ g["Wd"]
+            return jax.nn.softmax(jnp.einsum("hwc,hw->c", u, g["M"]) / (h * w) + g["b"])
+
+        opts = dict(window=int(g["window"]), stride=int(g["stride"]), value=float(g["value"]),
+                    batch_size=None)
+        both = jax.jit(lambda x, opts=opts, scores=scores, t=int(g["target"]): [
+            occlusion(scores, x, t, border=b, **opts) for b in ("clip", "shift")])
+        got, other = both(g["x"])
+        ref = g["attribution"]
+        np.testing.assert_allclose(got, ref, rtol=0, atol=5e-4 * np.abs(ref).max(), err_msg=name)
+        if h % opts["stride"] or w % opts["stride"]:   # the "shift" variant is a different map there
+            assert np.abs(other - ref).max() > 0.05 * np.abs(ref).max(), name
 
 
 def test_integrated_gradients_completeness(rng, model):

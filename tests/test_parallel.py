@@ -83,7 +83,8 @@ _TRAIN = textwrap.dedent("""
         jax.distributed.initialize(sys.argv[2], 2, int(sys.argv[3]))
     from cervix_jax.train.config import base_config
     from cervix_jax.train import loop
-    from cervix_jax.train.evaluate import restore_trained
+    from cervix_jax.train.checkpoint import restore
+    from cervix_jax.train.data import local_data
     from cervix_jax.train.parallel import to_host
     import numpy as np
     c = base_config("tiny")
@@ -92,7 +93,8 @@ _TRAIN = textwrap.dedent("""
     c.parallel.wrapper = sys.argv[4]
     c.train.update(dict(batch_size=8, epochs=1, log_every=2, checkpoint_every=2, best_metric="val_accuracy"))
     summary = loop.train(c, sys.argv[1])
-    _, v, step = restore_trained(c, sys.argv[1], loop.local_data(c))
+    run = restore(c, sys.argv[1], local_data(c))
+    v, step = run.variables, run.step
     flat = {"/".join(str(getattr(k, "key", k)) for k in p): x
             for p, x in jax.tree_util.tree_flatten_with_path(to_host(v["params"]))[0]}
     np.savez(os.path.join(sys.argv[1], f"params_{jax.process_index()}.npz"), **flat)

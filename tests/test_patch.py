@@ -160,10 +160,10 @@ def _np_bce(logit, y):
 
 
 def test_train_step_refits_exactly_the_batch_regulators_and_checkpoints(tmp_path, rng):
-    task = task_patch.make(_config("iterative"))
+    task = task_patch.make(_config("iterative").model)
     n = 10
     variables = task.init(jax.random.PRNGKey(rng.integers(1 << 30)), (H, W, 3))
-    state = task.init_example_state(n)
+    state = task.init_example_state(n, (H, W, 3))
     ref_mu, ref_cov = R.init_regulator((H // P, W // P))
     np.testing.assert_allclose(state["mu"], np.broadcast_to(ref_mu, (n, 2)))
     ids = np.array([7, 2, 5])
@@ -213,13 +213,13 @@ def test_train_step_refits_exactly_the_batch_regulators_and_checkpoints(tmp_path
 
 def test_fixed_keeps_rows_and_none_has_no_state(rng):
     batch = _batch(rng, [1, 3])
-    fixed = task_patch.make(_config("fixed"))
+    fixed = task_patch.make(_config("fixed").model)
     variables = fixed.init(jax.random.PRNGKey(rng.integers(1 << 30)), (H, W, 3))
-    rows = jax.tree_util.tree_map(lambda s: s[batch["id"]], fixed.init_example_state(4))
+    rows = jax.tree_util.tree_map(lambda s: s[batch["id"]], fixed.init_example_state(4, (H, W, 3)))
     loss_f, aux = fixed.loss(variables["params"], {}, batch, rows, None)
     np.testing.assert_array_equal(aux["example_state"]["mu"], rows["mu"])
-    none = task_patch.make(_config("none"))
-    assert none.init_example_state(4) is None
+    none = task_patch.make(_config("none").model)
+    assert none.init_example_state(4, (H, W, 3)) is None
     loss_n, aux_n = none.loss(variables["params"], {}, batch, None, None)
     assert aux_n["example_state"] is None
     np.testing.assert_allclose(loss_n, aux["metrics"]["bce"], rtol=1e-6)
@@ -228,7 +228,7 @@ def test_fixed_keeps_rows_and_none_has_no_state(rng):
 
 
 def test_explainable_views_agree(rng):
-    task = task_patch.make(_config())
+    task = task_patch.make(_config().model)
     variables = task.init(jax.random.PRNGKey(rng.integers(1 << 30)), (H, W, 3))
     ex = task.explainable(variables)
     image = jnp.asarray(rng.uniform(0, 1, (H, W, 3)), jnp.float32)
@@ -246,8 +246,8 @@ def test_config_variants_build_consistent_grids():
     for name, (p, side, g) in PATCH_VARIANTS.items():
         c = get_config(f"{name},fixed")
         assert c.model.patch_size == p and tuple(c.data.pad_to) == (side, side)
-        assert task_patch.make(c).grid == (g, g) and c.model.regulator == "fixed"
+        assert task_patch.make(c.model).grid_for(c.data.pad_to) == (g, g) and c.model.regulator == "fixed"
     c = get_config("runlocal")
-    assert task_patch.make(c).grid == (16, 24)
+    assert task_patch.make(c.model).grid_for(c.data.pad_to) == (16, 24)
     with pytest.raises(ValueError, match="unknown args"):
         get_config("ps29")

@@ -20,7 +20,7 @@ HW = (72, 104)          # P3 9x13, P4 5x7, P5 3x4, P6 2x2, P7 1x1: non-integer u
 def tiny_task(levels, upsample="nearest_legacy"):
     config = pyramid_config.get_config(f"{levels},runlocal")
     config.model.upsample = upsample
-    return task_pyramid.make(config)
+    return task_pyramid.make(config.model)
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +162,47 @@ def test_train_heads_minibatches_learn(frozen, data):
         levels = key[0]
         assert h["loss"].shape == (30,)
         assert full_data_nll(h["params"], levels) < full_data_nll(inits[key]["params"], levels) - 1e-3
+
+
+def _np_cell_fraction(valid, grid):
+    """float64 reference of parts.valid_fraction: each pixel split into grid[0] x grid[1] sub-pixels,
+    cell (i, j) = sub-pixels [i H, (i+1) H) x [j W, (j+1) W), mean of valid there."""
+    n, h_in, w_in = valid.shape
+    sub = np.repeat(np.repeat(valid.astype(np.float64), grid[0], 1), grid[1], 2)
+    return sub.reshape(n, grid[0], h_in, grid[1], w_in).mean((2, 4))
+
+
+def test_masked_gap_over_valid_region_in_task_explainable_and_cache(frozen, data, maps, rng):
+    """Images smaller than pad_to: predict, the explainable head and the feature cache all pool over
+    the image region only (issue 15, padding), against a NumPy float64 reference."""
+    n = len(data["id"])
+    valid = np.zeros((n, *HW), np.uint8)
+    for i in range(n):
+        h, w = (HW[0], HW[1]) if i == 0 else (rng.integers(20, HW[0]), rng.integers(20, HW[1]))
+        valid[i, :h, :w] = 1
+    batch = {**{k: jnp.asarray(v) for k, v in data.items()}, "valid": jnp.asarray(valid)}
+    cache = feature_cache.extract(tiny_task("p3"), frozen, [{**data, "valid": valid}])
+    for levels in (("P3", "P6", "P7"), ("P4", "P5")):
+        fmap = np.asarray(pyramid.concat_levels(maps, levels), np.float64)
+        cell = _np_cell_fraction(valid, fmap.shape[1:3])
+        pooled = np.einsum("nhwk,nhw->nk", fmap, cell) / cell.sum((1, 2))[:, None]
+        # the exact cached-feature path agrees with the masked GAP of the full maps
+        np.testing.assert_allclose(feature_cache.pooled_features(cache["pooled"], levels), pooled,
+                                   rtol=1e-4, atol=1e-5)
+    task = tiny_task("p3,p6,p7")
+    params = task.init_params(jax.random.PRNGKey(rng.integers(1 << 30)))
+    k, b = (np.asarray(params["classifier"][x], np.float64) for x in ("kernel", "bias"))
+    fmap = np.asarray(pyramid.concat_levels(maps, ("P3", "P6", "P7")), np.float64)
+    cell = _np_cell_fraction(valid, fmap.shape[1:3])
+    pooled_ref = np.einsum("nhwk,nhw->nk", fmap, cell) / cell.sum((1, 2))[:, None]
+    logits = pooled_ref @ k + b
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    got = np.asarray(jax.jit(task.predict)(params, frozen, batch), np.float64)
+    np.testing.assert_allclose(got, probs[:, 1], rtol=1e-5, atol=1e-6)
+    assert np.abs(pooled_ref - fmap.mean((1, 2))).max() > 1e-3     # the plain mean would not pass
+    # the explainable view of a padded image: same scores, pooling weights for CRM's fast path
+    e = task.explainable({"params": params, "frozen": frozen}).for_valid(batch["valid"][1])
+    f = jax.jit(e.features)(batch["image"][1])
+    np.testing.assert_allclose(e.head(f)[1], probs[1, 1], rtol=1e-5)
+    np.testing.assert_allclose(e.pool_weights, cell[1] / cell[1].sum(), rtol=1e-5, atol=1e-7)

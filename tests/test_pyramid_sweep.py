@@ -1,7 +1,7 @@
-"""Paper B's sweep fast path end to end (`sweep` -> `PyramidTask.sweep_fast` -> `sweep_report`).
+"""Paper B's sweep fast path end to end (`sweep` -> `cached_heads.train_points`, then the reports).
 
 Tiny backbone on in-memory images, 2 heads x 2 seeds x 1 blur level:
-- the fast path gives the same per-point results as the ordinary path (what `config.sweep.fast=False`
+- the fast path gives the same per-point results as the ordinary path (what `config.sweep.trainer=loop`
   runs: one `train` + `evaluate` per point; on 2 of the 4 points, both heads and both seeds): kept
   step, val-chosen threshold, val and test scores;
 - every test (and val) image is scored exactly once, and the threshold is the one chosen on the
@@ -19,7 +19,12 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from cervix_jax import metrics as M
-from cervix_jax.train import task_pyramid, task_tiny
+from cervix_jax import reports
+from cervix_jax.data import memory
+from cervix_jax.data.split import group_split
+from cervix_jax.models import pyramid
+from cervix_jax.train import cached_heads, rundir
+from cervix_jax.train.scoring import eval_result
 from cervix_jax.train.evaluate import evaluate
 from cervix_jax.train.loop import train
 from cervix_jax.train.sweep import grid_points, point_config, point_name, sweep
@@ -39,11 +44,11 @@ def tiny_sweep_config(fast: bool):
     c.train.lr = 3e-2
     c.train.checkpoint_every = 1000
     c.sweep.grid = (("model.levels", ("p3", "p3p6p7")), ("seed", (0, 1)), ("data.blur", (0,)))
-    c.sweep.fast = fast
+    c.sweep.trainer = "cached_heads" if fast else "loop"
     return c
 
 
-# The ordinary path (one `train` + `evaluate` per point, as `config.sweep.fast=False` runs them) on
+# The ordinary path (one `train` + `evaluate` per point, as `config.sweep.trainer=loop` runs them) on
 # two of the four points: both heads, both seeds.
 ORDINARY = ({"model.levels": "p3", "seed": 1, "data.blur": 0}, {"model.levels": "p3p6p7", "seed": 0, "data.blur": 0})
 
@@ -52,21 +57,23 @@ ORDINARY = ({"model.levels": "p3", "seed": 1, "data.blur": 0}, {"model.levels": 
 def runs(tmp_path_factory):
     fast_dir = tmp_path_factory.mktemp("fast")
     result = sweep(tiny_sweep_config(True), fast_dir)
-    assert result["status"] == "finished" and result["report"]["rows"] == 2
+    assert result["status"] == "finished"
+    assert reports.write(tiny_sweep_config(True), fast_dir)["paper_b_table"]["rows"] == 2
     ordinary_dir = tmp_path_factory.mktemp("ordinary")
     c = tiny_sweep_config(False)
+    returned = {}   # what the loop's train and evaluate returned, per point
     for p in ORDINARY:
         pdir = ordinary_dir / "points" / point_name(p)
-        assert train(point_config(c, p), pdir)["status"] == "finished"
-        evaluate(point_config(c, p), pdir)
-    return {True: fast_dir, False: ordinary_dir}
+        summary = train(point_config(c, p), pdir)
+        assert summary["status"] == "finished"
+        returned[point_name(p)] = (summary, evaluate(point_config(c, p), pdir))
+    return {True: fast_dir, False: ordinary_dir, "returned": returned}
 
 
 def _point(workdir, p):
     d = workdir / "points" / point_name(p)
     return (json.loads((d / "eval" / "metrics.json").read_text()),
-            task_pyramid.read_scores(d / "eval" / "scores_val.csv"),
-            task_pyramid.read_scores(d / "eval" / "scores_test.csv"), d)
+            rundir.read_scores(d, "val"), rundir.read_scores(d, "test"), d)
 
 
 def test_fast_path_equals_ordinary_runs(runs):
@@ -94,8 +101,9 @@ def test_fast_path_equals_ordinary_runs(runs):
 def test_scored_once_thresholds_from_val_and_tables(runs):
     c = tiny_sweep_config(True)
     workdir = runs[True]
-    arrays = task_tiny.memory_examples(N, tuple(c.data.pad_to))
-    parts = task_tiny.memory_split(arrays["group"], c.data.test_fraction, c.data.val_fraction, c.data.split_seed)
+    arrays = memory.memory_examples(N, tuple(c.data.pad_to))
+    parts = group_split(arrays["label"], arrays["group"], test_fraction=c.data.test_fraction,
+                        val_fraction=c.data.val_fraction, seed=c.data.split_seed)
     per_head = {}
     for p in grid_points(c):
         m, val, test, _ = _point(workdir, p)
@@ -118,7 +126,7 @@ def test_scored_once_thresholds_from_val_and_tables(runs):
     assert set(table) == {"P3", "P3,P6,P7"}
     group_of = dict(zip(arrays["id"].tolist(), arrays["group"].tolist()))
     for head, items in per_head.items():
-        row = table[",".join(task_pyramid.pyramid.parse_levels(head))]
+        row = table[",".join(pyramid.parse_levels(head))]
         assert row["blur"] == "0" and row["n_seeds"] == "2" and int(row["n_test"]) == len(parts["test"])
         for k in ("accuracy", "f1", "auc"):
             vals = [ref[k] for ref, _, _ in items]
@@ -150,8 +158,38 @@ def test_scored_once_thresholds_from_val_and_tables(runs):
 
 def test_fast_path_declines_other_grid_keys(tmp_path, capsys):
     c = tiny_sweep_config(True)
-    task = task_pyramid.make(c)
     points = [{"model.levels": "p3", "train.lr": 0.1}]
-    assert task.sweep_fast(c, points, tmp_path) == points
-    assert "fast path off" in capsys.readouterr().out
+    assert cached_heads.train_points(c, points, tmp_path) == points
+    assert "cached-feature trainer off" in capsys.readouterr().out
     assert not (tmp_path / "points").exists()
+
+
+def test_both_trainers_read_back_through_rundir(runs):
+    """Each workdir file has one writer and reader (rundir): what the trainers computed reads back."""
+    from test_rundir import events
+    for p in ORDINARY:
+        summary, result = runs["returned"][point_name(p)]
+        ordinary = runs[False] / "points" / point_name(p)
+        assert rundir.read_train_summary(ordinary) == summary and rundir.read_eval(ordinary) == result
+        fast = runs[True] / "points" / point_name(p)
+        for workdir in (fast, ordinary):
+            stored = rundir.read_eval(workdir)
+            scored = {s: rundir.read_scores(workdir, s) for s in ("val", "test")}
+            extra = {"fast_path": True} if workdir == fast else {}
+            # the metrics of the scores read back are the stored ones, exactly
+            assert eval_result(scored, step=stored["checkpoint_step"], blur=stored["blur"], **extra) == stored
+            run = rundir.read_train_summary(workdir)
+            assert run["best_step"] == stored["checkpoint_step"]
+            val = [r for r in rundir.read_metrics(workdir) if r["split"] == "val"]
+            spe = run["total_steps"] // 3
+            assert [r["step"] for r in val] == [spe, 2 * spe, 3 * spe]
+            best = max(r["val_auc"] for r in val)
+            assert run["best_value"] == best and run["best_step"] == next(r["step"] for r in val
+                                                                          if r["val_auc"] == best)
+            tb = events(workdir)["val/val_auc"]
+            assert [s for s, _ in tb] == [r["step"] for r in val]
+            np.testing.assert_allclose([v for _, v in tb], [r["val_auc"] for r in val], rtol=1e-6)
+        assert rundir.read_config(fast) == json.loads(point_config(tiny_sweep_config(True), p).to_json_best_effort())
+        head = rundir.read_head(fast)
+        assert head["step"] == rundir.read_eval(fast)["checkpoint_step"]
+        assert head["levels"] == pyramid.parse_levels(p["model.levels"])

@@ -49,19 +49,19 @@ def _np_refit(prev_mu, prev_cov, a, weighting):
 @pytest.fixture(scope="module")
 def params():
     """One set of parameters for both weightings (the model does not depend on the knob)."""
-    task = task_patch.make(_config("raw"))
+    task = task_patch.make(_config("raw").model)
     return jax.jit(task.init, static_argnums=1)(jax.random.PRNGKey(1), (H, W, 3))["params"]
 
 
 @pytest.mark.parametrize("weighting", ["raw", "minmax"])
 def test_refit_rows_match_numpy_reference(weighting, params):
     rng = np.random.default_rng(0)
-    task = task_patch.make(_config(weighting))
+    task = task_patch.make(_config(weighting).model)
     b = 3
     batch = {"image": jnp.asarray(rng.uniform(0, 1, (b, H, W, 3)), jnp.float32),
              "label": jnp.asarray([0, 1, 1], jnp.int32), "id": jnp.arange(b, dtype=jnp.int32),
              "weight": jnp.ones(b, jnp.float32)}
-    rows = task.init_example_state(b)
+    rows = task.init_example_state(b, (H, W, 3))
     _, aux = jax.jit(task.loss)(params, {}, batch, rows, None)
     _, a = jax.jit(task.forward)(params, batch["image"])
     for i in range(b):
@@ -97,6 +97,6 @@ def test_default_and_validation():
     assert base_config("patch").model.refit_weighting == "raw"
     c = _config("raw")
     del c.model["refit_weighting"]                 # configs written before the key: raw
-    assert task_patch.make(c).refit_weighting == "raw"
+    assert task_patch.make(c.model).refit_weighting == "raw"
     with pytest.raises(ValueError, match="refit_weighting"):
-        task_patch.make(_config("power"))
+        task_patch.make(_config("power").model)

@@ -1,9 +1,11 @@
 """Expert review server and summary: security, ratings files, statistics vs. independent references."""
+import contextlib
 import datetime
 import json
 import os
 import socket
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -369,3 +371,243 @@ def test_kappa_and_correlation_edge_cases():
     assert pearson([1, 1, 1], [0.2, 0.4, 0.1]) is None
     with pytest.raises(ValueError, match="equal length"):
         cohen_kappa(["a"], [])
+
+
+# --- issue 15 (10): names, parse errors, timeouts, damaged ratings files, blind mode, NaN items ---
+
+def strict_json(data: bytes):
+    """json.loads that refuses NaN/Infinity tokens, as the browser's JSON.parse does."""
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    return json.loads(data, parse_constant=refuse)
+
+
+def test_reviewer_name_with_trailing_newline_refused(workdir, running):
+    srv = running()
+    body = {"reviewer": "alice\n", "image": 103, "explainer": "cam", "answer": "meaningful"}
+    code, msg = srv.post(body)
+    assert code == 400 and b"expected" in msg
+    assert srv.get("/api/items?reviewer=alice%0A")[0] == 400
+    assert srv.get("/api/panel/103/0?reviewer=alice%0A")[0] == 400
+    with pytest.raises(ValueError, match="reviewer name"):
+        make_server(workdir, port=0, reviewer="alice\n")
+    assert not os.path.exists(os.path.join(workdir, "review"))
+
+
+def test_every_parse_error_gets_an_answer(workdir, running):
+    srv = running()
+    get = b"GET /api/panel/103/%s?reviewer=a HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    for pos in (b"\xb2", b"\xb9", b"%C2%B2", b"-1", b"99999999999999999999"):
+        code, msg = srv.raw(get % pos)
+        assert code == 400 and b"expected" in msg, (pos, code)
+    assert srv.raw(get % b"2")[0] == 404                      # well-formed, no such panel
+    ok = {"reviewer": "a", "image": 103, "explainer": "cam", "answer": "meaningful"}
+    huge = json.dumps(ok).replace("103", "9" * 5000).encode()    # past Python's int digit limit
+    deep = b'{"reviewer": "a", "image": ' + b"[" * 20000 + b"]" * 20000 + b"}"
+    nan = json.dumps({**ok, "image": float("nan")}).encode()
+    for body in (huge, deep, nan):
+        assert len(body) < review_server.MAX_BODY
+        code, msg = srv.post(body)
+        assert code == 400 and b"expected" in msg, (body[:40], code)
+    assert srv.post(ok)[0] == 200                               # the server still works
+
+
+def test_idle_and_stalled_connections_are_closed(workdir):
+    server = make_server(workdir, port=0, timeout=0.4)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        base = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+        partial = socket.create_connection(("127.0.0.1", port), timeout=10)
+        partial.sendall(b"POST /api/rating HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                        b"\r\nContent-Length: 100\r\n\r\n{\"reviewer\"")      # body shorter than stated
+        half = socket.create_connection(("127.0.0.1", port), timeout=10)
+        half.sendall(b"GET /api/config HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never finished
+        for s in idle + [half]:
+            assert s.recv(1024) == b""                            # closed by the server
+        reply = b""
+        while chunk := partial.recv(4096):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.0 408") or reply.startswith(b"HTTP/1.1 408"), reply[:40]
+        for s in idle + [partial, half]:
+            s.close()
+        for _ in range(100):
+            if threading.active_count() <= base:
+                break
+            threading.Event().wait(0.05)
+        assert threading.active_count() <= base
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ValueError, match="timeout"):
+        make_server(workdir, port=0, timeout=0)
+
+
+def test_bad_bytes_in_a_ratings_file_are_skipped_and_reported(workdir, running, capsys):
+    srv = running()
+    for m in METHODS:
+        assert srv.post({"reviewer": "alice", "image": 102, "explainer": m, "answer": "meaningful"})[0] == 200
+    path = os.path.join(workdir, "review", "ratings-alice.jsonl")
+    with open(path, "ab") as f:
+        f.write(b'{"kind": "explainer", "image": 103, "answer": "bad_\xff"}\n')   # not UTF-8
+        f.write(b'{"kind": "explainer", "image": NaN}\n')                          # not strict JSON
+    assert srv.post({"reviewer": "alice", "image": 104, "explainer": "cam", "answer": "bad_image"})[0] == 200
+    code, body = srv.get("/api/items?reviewer=alice")
+    assert code == 200
+    state = strict_json(body)
+    assert state["skipped_lines"] == [3, 4]
+    assert state["answers"]["102"]["panels"] == {"0": "meaningful", "1": "meaningful"}
+    assert state["answers"]["104"]["panels"] == {"0": "bad_image"}
+    assert "skipped 2 unreadable line(s)" in capsys.readouterr().err
+    s = summarize(workdir)
+    assert s["reviewers"]["alice"]["explainers"]["cam"]["rated"] == 2
+    assert s["skipped"] == {"ratings-alice.jsonl": "skipped unreadable lines [3, 4]"}
+    assert "ratings-alice.jsonl" in (Path(workdir) / "review" / "summary.md").read_text()
+    strict_json((Path(workdir) / "review" / "summary.json").read_bytes())
+    (Path(workdir) / "review" / "ratings-bob\n.jsonl").write_text("")   # an old file with a bad name
+    assert "ignored: not a valid reviewer name" in summarize(workdir)["skipped"].values()
+
+
+def test_blind_mode_serves_panels_only_through_opaque_ids(workdir, running, tmp_path):
+    srv = running(blind=True)
+    split = tmp_path / "explain" / "test"
+    for path in ("/files/index.json", "/files/maps/cam/103.png", "/files/maps/crm/103.png",
+                 "/files/overlays/cam/103.png", "/files/images/103.png", "/files/table.md"):
+        code, body = srv.get(path)
+        assert code == 404, path
+        assert b"cam" not in body.lower() and b"crm" not in body.lower()
+    seen = b""
+    for path in ("/api/config", "/api/items?reviewer=alice&all=1"):
+        code, body = srv.get(path)
+        assert code == 200
+        seen += body
+    assert b"cam" not in seen.lower() and b"crm" not in seen.lower() and b"/files/" not in seen
+    items = strict_json(srv.get("/api/items?reviewer=alice&all=1")[1])["items"]
+    for it in items:
+        code, png = srv.get(it["image"])
+        assert code == 200 and png == (split / "images" / f"{it['id']}.png").read_bytes()
+    # naming a method in a blind answer would reveal its panel: refused
+    code, msg = srv.post({"reviewer": "alice", "image": 103, "explainer": "cam", "answer": "meaningful"})
+    assert code == 400 and b"position" in msg
+    assert srv.post({"reviewer": "alice", "image": 103, "position": 1, "answer": "meaningful"})[0] == 200
+
+
+def test_refusal_names_the_real_flag(workdir):
+    with pytest.raises(ValueError) as err:
+        serve(workdir, host="0.0.0.0", port=0)
+    assert "--allow_remote" in str(err.value) and "--allow-remote" not in str(err.value)
+    import launch
+    assert "allow_remote" in launch.flags.FLAGS
+
+
+def test_items_with_nan_scores_keep_the_page_working(tmp_path, running):
+    index = write_workdir(str(tmp_path), n=4, n_wrong=0)
+    path = tmp_path / "explain" / "test" / "index.json"
+    index["items"][1]["score"] = float("nan")                  # as older explain runs wrote it
+    index["items"][2]["score"] = float("inf")
+    index["items"][2]["pred"] = None
+    index["items"][2]["correct"] = False
+    index["items"][2]["flags"] = ["nonfinite_input"]
+    path.write_text(json.dumps(index))                          # NaN / Infinity tokens
+    srv = Running(str(tmp_path))
+    try:
+        code, body = srv.get("/api/items?reviewer=eve&all=1")
+        assert code == 200
+        items = strict_json(body)["items"]
+        assert [it["score"] for it in items][1:3] == [None, None]
+        assert items[2]["pred"] is None and items[2]["pred_name"] == "n/a"
+        assert items[2]["flags"] == ["nonfinite_input"]
+    finally:
+        srv.close()
+
+
+# --- the review server fed by real `explain_to_dir` output (not a hand-written index.json) ---
+
+def real_explain_run(root, kind, seed, n=4):
+    """WORKDIR/explain/test written by cervix_jax.explain.explain_to_dir on a freshly initialised
+    tiny model ("tiny": configs/tiny.py's CNN, CAM + CRM) or paper A's patch model ("patch": CRM only,
+    plus its own "weights" map). Image 1 of the tiny run has a NaN pixel."""
+    import jax
+    import ml_collections as mlc
+    from cervix_jax.explain import explain_to_dir
+    from cervix_jax.train.task import make_task
+    rng = np.random.default_rng(seed)
+    if kind == "tiny":
+        from configs.tiny import get_config
+        config = get_config()
+        task, methods = make_task(config), ("cam", "crm")
+        shape = tuple(config.data.pad_to)
+    else:
+        config = mlc.ConfigDict({"data": {"pad_to": (16, 24)}, "model": {
+            "name": "patch", "patch_size": 8, "aggregation": "mean", "mlp_hidden": (16, 8),
+            "regulator": "iterative", "reg_lambda": 0.5, "eps_w": 1e-3, "eig_floor": 0.25}})
+        task, methods = make_task(config), ("crm",)
+        shape = tuple(config.data.pad_to)
+    model = task.explainable(task.init(jax.random.PRNGKey(seed), (*shape, 3)))
+    examples = []
+    for i in range(n):
+        image = rng.uniform(0, 1, (*shape, 3)).astype(np.float32)
+        display = (image * 255).astype(np.uint8)
+        if kind == "tiny" and i == 1:
+            image[2, 3, 0] = np.nan
+        examples.append({"image": image, "display": display, "label": i % 2, "id": 40 + i})
+    out = os.path.join(root, "explain", "test")
+    with pytest.warns(UserWarning) if kind == "tiny" else contextlib.nullcontext():
+        explain_to_dir(model, examples, out, methods=methods, batch_size=n, auc_steps=2)
+    return out
+
+
+def test_review_of_a_real_explain_run_blind(tmp_path, seed):
+    out = real_explain_run(str(tmp_path), "tiny", seed)
+    srv = Running(str(tmp_path), blind=True)
+    try:
+        code, body = srv.get("/api/items?reviewer=alice&all=1")
+        assert code == 200
+        data = strict_json(body)
+        assert [it["id"] for it in data["items"]] == ["40", "41", "42", "43"]
+        assert b"cam" not in body.lower() and b"crm" not in body.lower()
+        nan_item = data["items"][1]
+        assert nan_item["score"] is None and nan_item["pred"] is None and not nan_item["correct"]
+        assert "nonfinite_input" in nan_item["flags"]
+        for it in data["items"]:
+            code, png = srv.get(it["image"])
+            assert code == 200 and png == open(os.path.join(out, "images", f"{it['id']}.png"), "rb").read()
+            maps = {m: open(os.path.join(out, "maps", m, f"{it['id']}.png"), "rb").read() for m in METHODS}
+            shown = {}
+            for p in it["panels"]:
+                code, shown[p["position"]] = srv.get(p["map"])
+                assert code == 200 and shown[p["position"]] in maps.values()
+                assert srv.post({"reviewer": "alice", "image": it["id"], "position": p["position"],
+                                 "answer": "meaningful"})[0] == 200
+            assert len(shown) == 2
+        for r in read_lines(str(tmp_path), "alice"):     # the recorded explainer is the one shown
+            code, png = srv.get(f"/api/panel/{r['image']}/{r['position']}?reviewer=alice")
+            assert png == open(os.path.join(out, "maps", r["explainer"], f"{r['image']}.png"), "rb").read()
+    finally:
+        srv.close()
+    s = summarize(str(tmp_path))
+    assert s["n_items"] == 4 and s["reviewers"]["alice"]["explainers"]["crm"]["rated"] == 4
+    strict_json((tmp_path / "review" / "summary.json").read_bytes())
+
+
+def test_review_of_a_real_single_method_patch_run(tmp_path, seed):
+    out = real_explain_run(str(tmp_path), "patch", seed)
+    index = strict_json(open(os.path.join(out, "index.json"), "rb").read())
+    assert index["methods"] == ["crm", "weights"]
+    srv = Running(str(tmp_path))
+    try:
+        data = strict_json(srv.get("/api/items?reviewer=bob&all=1")[1])
+        assert len(data["items"]) == 4
+        for it in data["items"]:
+            assert [(p["position"], p["explainer"], p["label"]) for p in it["panels"]] == [(0, "crm", "CRM")]
+            code, png = srv.get(it["panels"][0]["map"])
+            assert code == 200 and png == open(os.path.join(out, "maps", "crm", f"{it['id']}.png"), "rb").read()
+            assert srv.post({"reviewer": "bob", "image": it["id"], "position": 0, "answer": "out_of_roi"})[0] == 200
+            assert srv.post({"reviewer": "bob", "image": it["id"], "position": 1, "answer": "meaningful"})[0] == 400
+        assert len(strict_json(srv.get("/api/items?reviewer=bob&all=1")[1])["done"]) >= 2
+    finally:
+        srv.close()
+    s = summarize(str(tmp_path))
+    assert s["methods"] == ["crm"] and s["reviewers"]["bob"]["explainers"]["crm"]["misplaced"] == 4

@@ -5,15 +5,19 @@
         --config.model.backbone_checkpoint=OUT_DIR <the --config.model.* flags printed>
 
 SOURCE: a keras-retinanet .h5 (full model or backbone + FPN), or a torchvision state dict as .pth/.pt
-(needs torch), .safetensors (needs safetensors) or .npz. OUT_DIR gets `state/` (an Orbax checkpoint of
+(read without torch, see `read_torch_file`), .safetensors (needs safetensors) or .npz. OUT_DIR gets
+`state/` (an Orbax checkpoint of
 {"frozen": ResNetFPN variables}) and `backbone.json` (the architecture, checked at load time).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import pickle
 import sys
+import zipfile
 
 import numpy as np
 
@@ -34,13 +38,70 @@ def read_state_dict(path: str) -> dict:
         from safetensors.numpy import load_file
         return load_file(path)
     if path.endswith((".pth", ".pt")):
-        import torch
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = read_torch_file(path)
         for key in ("state_dict", "model"):
             if isinstance(sd, dict) and isinstance(sd.get(key), dict):
                 sd = sd[key]
         return sd
     raise ValueError(f"{path}: expected a .npz, .safetensors, .pth or .pt state dict")
+
+
+_TORCH_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+                 "BFloat16Storage": None, "LongStorage": np.int64, "IntStorage": np.int32,
+                 "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+                 "BoolStorage": np.bool_}
+
+
+class _TorchUnpickler(pickle.Unpickler):
+    """Reads `torch.save`'s data.pkl allowing only tensors, storages and (ordered) dicts: no code runs."""
+
+    def __init__(self, f, archive: zipfile.ZipFile, root: str, path: str):
+        super().__init__(f)
+        self.archive, self.root, self.path = archive, root, path
+
+    def find_class(self, module, name):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if module == "torch" and name in _TORCH_DTYPES:
+            if _TORCH_DTYPES[name] is None:
+                raise pickle.UnpicklingError(f"{self.path}: {name} tensors are not supported; save float32")
+            return np.dtype(_TORCH_DTYPES[name])
+        raise pickle.UnpicklingError(f"{self.path}: expected a state dict of tensors, found a pickled "
+                                     f"{module}.{name} (only tensors and dicts are read)")
+
+    def persistent_load(self, pid):
+        kind, dtype, key, _location, numel = pid
+        if kind != "storage":
+            raise pickle.UnpicklingError(f"{self.path}: unknown persistent record {kind!r}")
+        data = self.archive.read(f"{self.root}/data/{key}")
+        return np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=numel)
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+    item = storage.itemsize
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+                                           strides=tuple(s * item for s in stride))
+    return np.array(view)
+
+
+def read_torch_file(path: str) -> dict:
+    """A `torch.save` zip file (torch >= 1.6) of tensors and dicts -> the same structure with NumPy arrays,
+    without torch and without running pickled code."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: expected a torch.save zip archive (torch >= 1.6); found another format. "
+                         f"Re-save it with torch.save(state_dict, path), or as .safetensors")
+    with zipfile.ZipFile(path) as archive:
+        pkl = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+        if len(pkl) != 1:
+            raise ValueError(f"{path}: expected one '<name>/data.pkl' in the archive, found {pkl}")
+        root = pkl[0].rsplit("/", 1)[0]
+        order = f"{root}/byteorder"
+        if order in archive.namelist() and archive.read(order).decode().strip() != "little":
+            raise ValueError(f"{path}: big-endian torch files are not supported")
+        with archive.open(pkl[0]) as f:
+            return _TorchUnpickler(f, archive, root, path).load()
 
 
 def convert(source: str, fmt: str, bn_eps: float | None = None):

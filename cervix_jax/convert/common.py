@@ -113,7 +113,23 @@ def parse_block(layer: str) -> tuple[int, int, str]:
 
 
 def is_norm(layer: str) -> bool:
-    return layer.split("/")[-1].startswith("bn")
+    """BatchNorm ('bn...') of the ResNet or GroupNorm ('..._norm') of a RetinaNet head."""
+    last = layer.split("/")[-1]
+    return last.startswith("bn") or last.endswith("_norm")
+
+
+_HEAD = re.compile(r"^(classification|regression)_submodel/"
+                   r"pyramid_(?:classification|regression)(?:_(\d+)(_norm)?)?$")
+
+
+def parse_head(layer: str) -> Optional[tuple[str, Optional[int], bool]]:
+    """RetinaNet head layer id -> (kind, hidden index or None for the output conv, is GroupNorm), or None
+    for a backbone/FPN layer: 'classification_submodel/pyramid_classification_2_norm' -> ('classification',
+    2, True)."""
+    m = _HEAD.match(layer)
+    if m is None:
+        return None
+    return m.group(1), None if m.group(2) is None else int(m.group(2)), m.group(3) is not None
 
 
 def make_rules(template: dict, name_of: Callable[[str], str],

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from cervix_jax.convert import common
-from cervix_jax.models import fpn, resnet
+from cervix_jax.models import fpn, resnet, retinanet
 
 _POSITIONAL = {"batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),
                "conv2d": ("kernel", "bias"), "dense": ("kernel", "bias")}
@@ -82,6 +82,8 @@ def keras_resnet_name(layer: str) -> str:
     """Flax layer id -> keras-resnet / keras-retinanet layer name ('res2a/bn_branch2a' -> 'bn2a_branch2a')."""
     if layer.startswith("fpn/"):
         return layer[4:]
+    if common.parse_head(layer) is not None:
+        return layer                                    # classification_submodel/pyramid_classification_0
     if "/" not in layer:
         return layer                                    # conv1, bn_conv1
     block, part = layer.split("/")
@@ -113,20 +115,38 @@ def resnet50_from_keras_applications(h5_path: str):
                                           where=h5_path)
 
 
-def retinanet_from_keras(h5_path: str):
+def retinanet_from_keras(h5_path: str, heads: bool = False):
     """keras-retinanet / keras-resnet weights -> (fpn.ResNetFPN, variables), or (resnet.ResNet, variables)
-    for a backbone-only file (no 'C5_reduced' layer).
+    for a backbone-only file (no 'C5_reduced' layer), or with `heads=True` (retinanet.RetinaNet, variables)
+    with the detection subnets too (`classification_submodel/pyramid_classification_{0..3}`,
+    `.../pyramid_classification`, `regression_submodel/...`; K = outputs / 9). Its "cls_logits" are the
+    logits of keras-retinanet's sigmoid output, in keras-retinanet's anchor order and box coding
+    (`anchors_for_shape(hw, "keras")`, `decode_boxes(..., style="keras")`).
 
     The stem follows the file: keras-resnet 0.1.0 ('padding_conv1' layer) -> "pad3_same", else "same".
-    Detection heads (classification/regression submodels) and an ImageNet 'fc1000' are ignored.
-    module.apply(variables, images) -> {"C2".."C5"[, "P3".."P7"]} on caffe preprocessing (BGR, mean-subtracted).
+    Without `heads`, the detection subnets are ignored (logged); an ImageNet 'fc1000' always is.
+    module.apply(variables, images) -> {"C2".."C5"[, "P3".."P7"]} on caffe preprocessing (BGR,
+    mean-subtracted).
     """
     weights, layers = read_keras_weights(h5_path)
     stem = "pad3_same" if "padding_conv1" in layers else "same"
     kwargs = dict(style="caffe", stem=stem, bn_eps=1e-5, conv_bias=False)
     has_fpn = any(k.startswith("C5_reduced/") for k in weights)
-    module = fpn.ResNet50FPN(p6_from="C5", **kwargs) if has_fpn else resnet.ResNet50(**kwargs)
+    if heads:
+        # Keras 3 files name nested layers without their submodel: put it back.
+        weights = {(f"{k.split('_')[1]}_submodel/{k}" if k.startswith(RETINANET_HEADS[2:]) else k): v
+                   for k, v in weights.items()}
+        cls = weights.get("classification_submodel/pyramid_classification/kernel")
+        if cls is None or not has_fpn:
+            raise common.ConversionError(
+                f"{h5_path}: heads=True needs a full keras-retinanet model (FPN layers and "
+                f"'classification_submodel/pyramid_classification'); found has_fpn={has_fpn}, "
+                f"classification output {'present' if cls is not None else 'missing'}")
+        module = retinanet.RetinaNet50(p6_from="C5", num_classes=cls.shape[-1] // 9, num_anchors=9, **kwargs)
+    else:
+        module = fpn.ResNet50FPN(p6_from="C5", **kwargs) if has_fpn else resnet.ResNet50(**kwargs)
     template = common.template_of(module)
     rules = common.make_rules(template, keras_resnet_name, _keras_slot, "/")
     return module, common.strict_assemble(weights, rules, template,
-                                          ignore=RETINANET_HEADS + ("fc1000/",), where=h5_path)
+                                          ignore=("fc1000/",) if heads else RETINANET_HEADS + ("fc1000/",),
+                                          where=h5_path)

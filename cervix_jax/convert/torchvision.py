@@ -3,8 +3,12 @@
 Accepts `retinanet_resnet50_fpn` (v1: P6 from P5) and `retinanet_resnet50_fpn_v2` (P6 from C5) state
 dicts, old (`fpn.inner_blocks.0.weight`) and new (`fpn.inner_blocks.0.0.weight`) FPN key formats, and
 plain `resnet50` state dicts. Values may be NumPy arrays or torch tensors (torch is not imported).
-Conv weights go OIHW -> HWIO. `num_batches_tracked` is dropped; detection heads (`head.*`) and the
-ImageNet classifier (`fc.*`) are ignored explicitly (logged).
+Conv weights go OIHW -> HWIO. `num_batches_tracked` is dropped; the ImageNet classifier (`fc.*`) is
+ignored explicitly (logged), and so are the detection heads (`head.*`) unless `heads=True`, which loads
+them too (`head.classification_head.{conv.i.0, conv.i.1 (v2 GroupNorm), cls_logits}`,
+`head.regression_head.{..., bbox_reg}`; old files' `conv.{0,2,4,6}` are accepted) into a
+`retinanet.RetinaNet` whose outputs use torchvision's anchors (`anchors_for_shape(hw, "torchvision")`)
+and box coding (`decode_boxes(..., style="torchvision")`).
 """
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from typing import Mapping, Optional
 
 from cervix_jax.convert import common
 from cervix_jax.models import fpn, resnet
+from cervix_jax.models import retinanet as retinanet_model
 
 _OLD_FPN_KEY = re.compile(r"^(backbone\.fpn\.(?:inner|layer)_blocks\.\d+)\.(weight|bias)$")
+_OLD_HEAD_KEY = re.compile(r"^(head\.(?:classification|regression)_head\.conv)\.([0246])\.(weight|bias)$")
 _TORCH_BRANCH = {"branch2a": "conv1", "bn_branch2a": "bn1", "branch2b": "conv2", "bn_branch2b": "bn2",
                  "branch2c": "conv3", "bn_branch2c": "bn3", "branch1": "downsample.0",
                  "bn_branch1": "downsample.1"}
@@ -26,6 +32,13 @@ DEFAULT_BN_EPS = {"v1": 0.0, "v2": 1e-5}     # torchvision sets eps 0.0 after lo
 
 def torchvision_name(layer: str, prefix: str) -> str:
     """Flax layer id -> state-dict prefix ('res3b/bn_branch2a' -> 'backbone.body.layer2.1.bn1')."""
+    head = common.parse_head(layer)
+    if head is not None:
+        kind, index, norm = head
+        base = f"head.{kind}_head"
+        if index is None:
+            return f"{base}.{'cls_logits' if kind == 'classification' else 'bbox_reg'}"
+        return f"{base}.conv.{index}.{1 if norm else 0}"
     if layer.startswith("fpn/"):
         return f"backbone.fpn.{_TORCH_FPN[layer[4:]]}"
     if layer in ("conv1", "bn_conv1"):
@@ -43,8 +56,10 @@ def _torch_slot(norm: bool, slot: str):
 
 
 def retinanet_from_torchvision(state_dict: Mapping, *, version: str = "v1",
-                               bn_eps: Optional[float] = None):
-    """State dict -> (fpn.ResNetFPN, variables), or (resnet.ResNet, variables) for a plain resnet50.
+                               bn_eps: Optional[float] = None, heads: bool = False):
+    """State dict -> (fpn.ResNetFPN, variables), or (resnet.ResNet, variables) for a plain resnet50, or with
+    `heads=True` (retinanet.RetinaNet, variables) whose outputs add "cls_logits" [N, A, K] and
+    "box_deltas" [N, A, 4] (K from `cls_logits.weight`; v2: GroupNorm heads).
 
     version: "v1" (P6 from P5) | "v2" (P6 from C5); ignored for a plain resnet50.
     bn_eps: None -> 0.0 for v1 (torchvision's COCO v1 weights), 1e-5 for v2 and plain resnet50.
@@ -52,8 +67,11 @@ def retinanet_from_torchvision(state_dict: Mapping, *, version: str = "v1",
     """
     if version not in DEFAULT_BN_EPS:
         raise ValueError(f"version: expected 'v1' or 'v2', found {version!r}")
-    source = {_OLD_FPN_KEY.sub(r"\1.0.\2", k): v for k, v in state_dict.items()
-              if not k.endswith("num_batches_tracked")}
+    def new_key(k: str) -> str:
+        k = _OLD_FPN_KEY.sub(r"\1.0.\2", k)
+        return _OLD_HEAD_KEY.sub(lambda m: f"{m[1]}.{int(m[2]) // 2}.0.{m[3]}", k)
+
+    source = {new_key(k): v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     retinanet = any(k.startswith("backbone.body.") for k in source)
     if retinanet:
         p6 = source.get("backbone.fpn.extra_blocks.p6.weight")
@@ -63,10 +81,22 @@ def retinanet_from_torchvision(state_dict: Mapping, *, version: str = "v1",
                 f"torchvision RetinaNet {version} (v1: 256, P6 from P5; v2: 2048, P6 from C5); "
                 f"pass version={'v2' if version == 'v1' else 'v1'!r}")
         eps = DEFAULT_BN_EPS[version] if bn_eps is None else bn_eps
-        module = fpn.ResNet50FPN(style="torchvision", stem="symmetric", bn_eps=eps, conv_bias=False,
-                                 p6_from="P5" if version == "v1" else "C5")
-        prefix, ignore = "backbone.body.", ("head.",)
+        kwargs = dict(style="torchvision", stem="symmetric", bn_eps=eps, conv_bias=False,
+                      p6_from="P5" if version == "v1" else "C5")
+        if heads:
+            cls = source.get("head.classification_head.cls_logits.weight")
+            if cls is None:
+                raise common.ConversionError("state dict: heads=True but there is no "
+                                             "'head.classification_head.cls_logits.weight'")
+            module = retinanet_model.RetinaNet50(num_classes=cls.shape[0] // 9, num_anchors=9,
+                                           head_norm="none" if version == "v1" else "group", **kwargs)
+        else:
+            module = fpn.ResNet50FPN(**kwargs)
+        prefix, ignore = "backbone.body.", () if heads else ("head.",)
     else:
+        if heads:
+            raise common.ConversionError("state dict: heads=True but this is a plain resnet50 "
+                                         "(no 'backbone.body.*' keys)")
         module = resnet.ResNet50(style="torchvision", stem="symmetric",
                                  bn_eps=1e-5 if bn_eps is None else bn_eps, conv_bias=False)
         prefix, ignore = "", ("fc.",)

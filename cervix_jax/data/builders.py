@@ -409,7 +409,11 @@ def prepare(data_config, label_map: Optional[dict] = None, *,
 
 
 def load_source(data_config, label_map: Optional[dict] = None):
-    """(random-access source of split "train", DatasetInfo), building first if needed."""
+    """(random-access source of split "train", DatasetInfo), building first if needed. `memory/<n>`
+    (tests, smoke runs) gives an in-memory source (`cervix_jax.data.memory`) and info None."""
+    from cervix_jax.data import memory
+    if memory.is_memory(_get(data_config, "name")):
+        return memory.source(data_config), None
     builder = prepare(data_config, label_map)
     return builder.as_data_source("train"), builder.info
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import copy
 import os
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -131,6 +132,8 @@ def preprocess(example: dict, *, image_size: int, pad_to: tuple[int, int], norma
     if with_masks:
         out["display"] = _pad_to(image, pad_to)[0]
         for key in MASK_KEYS:
+            if key not in example:      # in-memory data carries only a lesion mask
+                continue
             mask = example[key]
             if mask.shape != example["image"].shape[:2]:
                 raise ValueError(f"preprocess: example {example.get('id')}: {key} has shape {mask.shape}, "
@@ -208,6 +211,17 @@ class Loader:
         self.shuffle, self.seed, self.drop_remainder = shuffle, seed, drop_remainder
         self.process_index, self.process_count = process_index, process_count
         self.num_workers, self.prefetch = num_workers, prefetch
+
+    def replace(self, **changes) -> "Loader":
+        """A copy with some of shuffle, seed, drop_remainder changed (e.g. a training loader that
+        yields every example once: `loader.replace(shuffle=False, drop_remainder=False)`)."""
+        unknown = sorted(set(changes) - {"shuffle", "seed", "drop_remainder"})
+        if unknown:
+            raise TypeError(f"Loader.replace: expected shuffle, seed or drop_remainder, found {unknown}")
+        out = copy.copy(self)
+        for key, value in changes.items():
+            setattr(out, key, value)
+        return out
 
     def __len__(self) -> int:
         n, g = self.indices.size, self.global_batch_size

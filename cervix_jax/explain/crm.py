@@ -48,11 +48,14 @@ def crm(head_fn: Callable[[Array], Array], features: Array, *,
 _CHUNK = 1000  # locations per step of crm_pooled: keeps its per-location arrays in cache
 
 
-def crm_pooled(post_pool_fn: Callable[[Array], Array], features: Array) -> Array:
+def crm_pooled(post_pool_fn: Callable[[Array], Array], features: Array,
+               weights: Optional[Array] = None) -> Array:
     """Exact CRM of the head f -> post_pool_fn(f.mean((0, 1))) -> [H, W], without copies of f.
 
     Zeroing (y, x) moves the pooled vector p to p - d with d = features[y, x] / (H*W), so
     M(y, x) = sum_c (g_c(p) - g_c(p - d))^2 for g = post_pool_fn: H*W evaluations of g on [K].
+    With pooling `weights` [H, W] (summing to 1; e.g. GAP over the unpadded region of a padded
+    image) the head is f -> post_pool_fn(sum_yx weights f) and d = weights[y, x] features[y, x].
 
     The plain difference g(p) - g(p - d) cancels: in float32 its relative error grows like
     eps * H*W. Instead g(p) - g(p - d) = int_0^1 J_g(p - t d) d dt is integrated by Simpson's
@@ -67,15 +70,20 @@ def crm_pooled(post_pool_fn: Callable[[Array], Array], features: Array) -> Array
     h, w, k = features.shape
     n = h * w
     f = features.reshape(n, k)
-    p = jnp.mean(f, axis=0)
+    if weights is None:
+        wf = f / n
+    else:
+        if weights.shape != (h, w):
+            raise ValueError(f"crm_pooled: expected weights [{h}, {w}], found {tuple(weights.shape)}")
+        wf = f * weights.reshape(n, 1).astype(f.dtype)
+    p = jnp.sum(wf, axis=0) if weights is not None else jnp.mean(f, axis=0)
     scores = post_pool_fn(p)
     eps = jnp.finfo(scores.dtype).eps
 
     def tangent(x, d):
         return jax.jvp(post_pool_fn, (x,), (d,))
 
-    def location(fi):
-        d = fi / n
+    def location(d):
         _, at_p = tangent(p, d)
         _, at_mid = tangent(p - 0.5 * d, d)
         ablated, at_end = tangent(p - d, d)
@@ -89,7 +97,7 @@ def crm_pooled(post_pool_fn: Callable[[Array], Array], features: Array) -> Array
     size = min(_CHUNK, n)
     starts = np.minimum(np.arange(0, n, size), n - size)      # the last chunk may overlap
     chunks = jax.lax.map(
-        lambda s: jax.vmap(location)(jax.lax.dynamic_slice_in_dim(f, s, size)), jnp.asarray(starts))
+        lambda s: jax.vmap(location)(jax.lax.dynamic_slice_in_dim(wf, s, size)), jnp.asarray(starts))
     m = jnp.concatenate([chunks[:-1].reshape(-1), chunks[-1][len(starts) * size - n:]])
     return m.reshape(h, w)
 

@@ -27,25 +27,44 @@ def _check_image(image, where):
                          f"found shape {tuple(image.shape)}")
 
 
-def window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Top/left corners 0, stride, 2*stride, ... plus size - window, so every pixel is covered."""
+BORDERS = ("clip", "shift")
+
+
+def window_starts(size: int, window: int, stride: int, border: str = "clip") -> list[int]:
+    """Top/left corners of the occlusion windows along one side of `size` pixels.
+
+    "clip" (Captum's `Occlusion`): 0, stride, 2*stride, ... up to ceil((size - window) / stride)
+    strides, so the last window reaches the far border and is clipped there when the stride does not
+    tile the side (e.g. size 21, window 6, stride 4: 0, 4, 8, 12, 16, the last one 5 pixels wide).
+    "shift": 0, stride, ... while the window fits, plus size - window (a full window flush with the
+    far border) when the stride does not reach it.
+    """
     if not 0 < window <= size or stride < 1:
         raise ValueError(f"occlusion: need 0 < window <= image side and stride >= 1, found "
                          f"window={window}, side={size}, stride={stride}")
+    if border not in BORDERS:
+        raise ValueError(f"occlusion: border must be one of {BORDERS}, found {border!r}")
+    if border == "clip":
+        return [k * stride for k in range(-(-(size - window) // stride) + 1) if k * stride < size]
     starts = list(range(0, size - window + 1, stride))
     return starts if starts[-1] == size - window else starts + [size - window]
 
 
 def occlusion(score_fn: Callable[[Array], Array], image: Array, target, *, window: int = 16,
-              stride: int = 8, value: float = 0.0, batch_size: Optional[int] = 64) -> Array:
-    """Occlusion (Zeiler & Fergus 2014; Captum's rule): -> [H, W] on the image grid.
+              stride: int = 8, value: float = 0.0, border: str = "clip",
+              batch_size: Optional[int] = 64) -> Array:
+    """Occlusion (Zeiler & Fergus 2014), equal to Captum's `Occlusion`: -> [H, W] on the image grid.
 
-    A window x window square (all channels) is set to `value` at every position of
-    `window_starts`; each pixel gets the mean of S_t(x) - S_t(occluded) over the windows covering it.
+    A window x window square (all channels; clipped at the image border) is set to `value` at every
+    corner of `window_starts(..., border)`; each pixel gets the mean of S_t(x) - S_t(occluded) over
+    the windows covering it. The default `border="clip"` is Captum's rule
+    (`sliding_window_shapes=(C, window, window)`, `strides=stride`, `baselines=value`); "shift" moves
+    the last window inside the image instead (full-size windows only; not Captum's maps when the
+    stride does not tile the image).
     """
     _check_image(image, "occlusion")
     h, w, _ = image.shape
-    ys, xs = window_starts(h, window, stride), window_starts(w, window, stride)
+    ys, xs = window_starts(h, window, stride, border), window_starts(w, window, stride, border)
     corners = jnp.array([(y, x) for y in ys for x in xs])
     rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
     score = score_fn(image)[target]

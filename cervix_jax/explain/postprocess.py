@@ -4,14 +4,20 @@ Order, as their code: ReLU, divide by the maximum, upsample to the image (biline
 `threshold` (20% of the maximum, paper B), 0..255. ReLU applies to every map: CRM and the
 perturbation maps are non-negative already; for signed maps (CAM, integrated gradients) only the
 evidence *for* the target class is shown. An all-non-positive map becomes all zeros.
+Padded images (`valid` [H, W], 1 on the image, 0 on the padding up to pad_to): the maximum is taken
+over the cells that hold image pixels only, and the upsampled heatmap is 0 on the padding.
 Single-example functions except the elementwise `jet`, `jet_overlay`, `threshold`, `to_uint8`,
 which take any leading batch axes.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cervix_jax.models.parts import valid_fraction
 
 Array = jax.Array
 
@@ -29,9 +35,12 @@ JET_LUT = np.stack([np.interp(np.arange(_LUT_SIZE) / (_LUT_SIZE - 1), *zip(*_JET
 _RESIZE = {"bilinear": "linear", "nearest": "nearest"}
 
 
-def normalize(raw: Array) -> Array:
-    """ReLU(raw) / max(ReLU(raw)), any shape; zeros if the map has no positive value."""
+def normalize(raw: Array, keep: Optional[Array] = None) -> Array:
+    """ReLU(raw) / max(ReLU(raw)), any shape; zeros if the map has no positive value. With `keep`
+    (bool, raw's shape) only those entries count, the others become 0."""
     r = jax.nn.relu(raw)
+    if keep is not None:
+        r = jnp.where(keep, r, 0.0)
     top = r.max()
     return jnp.where(top > 0, r / jnp.where(top > 0, top, 1.0), 0.0)
 
@@ -46,9 +55,19 @@ def upsample(heat: Array, shape: tuple[int, int], method: str = "bilinear") -> A
     return jax.image.resize(heat, tuple(shape), method=_RESIZE[method])
 
 
-def heatmap(raw: Array, shape: tuple[int, int], method: str = "bilinear") -> Array:
-    """One raw map [h, w] -> [H, W] in [0, 1]: ReLU, / max, upsample (not yet thresholded)."""
-    return upsample(normalize(raw), shape, method)
+def heatmap(raw: Array, shape: tuple[int, int], method: str = "bilinear",
+            valid: Optional[Array] = None) -> Array:
+    """One raw map [h, w] -> [H, W] in [0, 1]: ReLU, / max, upsample (not yet thresholded).
+
+    valid [H, W] (a padded image): cells of the map with no image pixel (`valid_fraction` 0) are
+    zeroed before the max, and the result is 0 where valid is 0."""
+    if valid is None:
+        return upsample(normalize(raw), shape, method)
+    if tuple(valid.shape) != tuple(shape):
+        raise ValueError(f"heatmap: expected valid of the output shape {tuple(shape)}, found "
+                         f"{tuple(valid.shape)}")
+    keep = valid_fraction(valid, raw.shape) > 0
+    return jnp.where(valid > 0, upsample(normalize(raw, keep), shape, method), 0.0)
 
 
 def threshold(heat01: Array, threshold: float = 0.2) -> Array:

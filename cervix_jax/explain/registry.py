@@ -84,7 +84,7 @@ def _crm(model, image, target, *, score_space: str = "scores", batch_size: Optio
     if score_space != "scores":
         raise ValueError(f"explain('crm'): score_space must be 'scores' or 'nlm', found {score_space!r}")
     if model.post_pool is not None:
-        return crm_pooled(model.post_pool, features)
+        return crm_pooled(model.post_pool, features, model.pool_weights)
     if model.crm is not None:
         return model.crm(features)
     return crm(model.head, features, batch_size=batch_size)

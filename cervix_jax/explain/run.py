@@ -2,7 +2,11 @@
 
 The layout is docs/internals.md's `WORKDIR/explain/<split>/` (the split is the folder's name).
 The target class of every target-dependent map and of deletion/insertion is the model's
-*predicted* class.
+*predicted* class. Images smaller than pad_to carry `valid` (1 on the image pixels): the model pools
+over that region (when it can, `ExplainableModel.for_valid`), and maps and metrics ignore the padding.
+Non-finite values never reach index.json: an example whose input, scores or maps are not finite is
+flagged (`flags`), its score, prediction and the affected metrics are null, and it is not "correct".
+index.json is strict JSON (no NaN tokens).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from tqdm import tqdm
 
 from cervix_jax.explain import faithfulness, postprocess
 from cervix_jax.explain.registry import explain, supports
+from cervix_jax.models.parts import with_valid
 from cervix_jax.viz.overlay import write_grid, write_png
 
 MASKS = ("lesion", "os", "tz", "cervix")          # example keys f"{name}_mask"
@@ -33,25 +38,31 @@ def metric_names() -> list[str]:
 
 
 def _batch_fn(model, methods, threshold, auc_steps):
-    def one(image, display, masks, has_masks):
-        scores = model.scores(image)
+    def one(image, display, masks, has_masks, valid):
+        m = with_valid(model, valid)
+        scores = m.scores(image)
         pred = jnp.argmax(scores)
-        score_fn = lambda x: model.scores(x)[pred]  # noqa: E731
-        out = {"scores": scores, "maps": {}, "overlays": {}, "metrics": {}}
+        score_fn = lambda x: m.scores(x)[pred]  # noqa: E731
+        out = {"scores": scores, "maps": {}, "overlays": {}, "metrics": {}, "map_finite": {},
+               "input_finite": jnp.isfinite(image).all()}
         for method in methods:
-            heat = postprocess.heatmap(explain(method, model, image, target=pred), image.shape[:2])
-            metrics = {"roi_area": faithfulness.roi_area(heat, threshold)}
+            raw = explain(method, m, image, target=pred)
+            heat = postprocess.heatmap(raw, image.shape[:2], valid=valid)
+            metrics = {"roi_area": faithfulness.roi_area(heat, threshold, valid)}
             for name in MASKS:
                 mask = masks[name]
-                valid = (has_masks > 0) & (mask.sum() > 0)
+                has = (has_masks > 0) & (mask.sum() > 0)
                 metrics[f"pointing_game_{name}"] = jnp.where(
-                    valid, faithfulness.pointing_game(heat, mask), jnp.nan)
-                metrics[f"iou_{name}"] = jnp.where(valid, faithfulness.iou(heat, mask, threshold), jnp.nan)
-            metrics["deletion_auc"] = faithfulness.deletion(score_fn, image, heat, steps=auc_steps)[1]
-            metrics["insertion_auc"] = faithfulness.insertion(score_fn, image, heat, steps=auc_steps)[1]
+                    has, faithfulness.pointing_game(heat, mask, valid), jnp.nan)
+                metrics[f"iou_{name}"] = jnp.where(has, faithfulness.iou(heat, mask, threshold, valid), jnp.nan)
+            metrics["deletion_auc"] = faithfulness.deletion(score_fn, image, heat, steps=auc_steps,
+                                                        valid=valid)[1]
+            metrics["insertion_auc"] = faithfulness.insertion(score_fn, image, heat, steps=auc_steps,
+                                                          valid=valid)[1]
             out["maps"][method] = postprocess.to_uint8(heat)
             out["overlays"][method] = postprocess.jet_overlay(display, heat, ALPHA, threshold)
             out["metrics"][method] = metrics
+            out["map_finite"][method] = jnp.isfinite(raw).all()
         return out
 
     return jax.jit(jax.vmap(one))
@@ -68,11 +79,16 @@ def _stack(batch: list[dict], size: int):
     masks = {m: np.stack([np.asarray(e.get(f"{m}_mask", zeros[0]), np.uint8) for e in batch])
              for m in MASKS}
     has = np.array([int(e.get("has_masks", all(f"{m}_mask" in e for m in MASKS))) for e in batch])
-    return images, display, masks, has
+    ones = np.ones(images.shape[1:3], np.uint8)
+    valid = np.stack([np.asarray(e.get("valid", ones), np.uint8) for e in batch])
+    if valid.shape != images.shape[:3]:
+        raise ValueError(f"explain_to_dir: example 'valid' must have the image's [H, W], found "
+                         f"image {images.shape[1:]} and valid {valid.shape[1:]}")
+    return images, display, masks, has, valid
 
 
 def _json_number(x: float):
-    return None if math.isnan(x) else float(x)
+    return float(x) if math.isfinite(x) else None
 
 
 def explain_to_dir(model, examples: Iterable[Mapping], out_dir: str, *,
@@ -82,11 +98,12 @@ def explain_to_dir(model, examples: Iterable[Mapping], out_dir: str, *,
     """Explains `examples` with `model` (an ExplainableModel) and writes `out_dir`.
 
     examples: dicts, one example each (no batch axis): `image` float32 [H, W, 3] (model input),
-    `display` uint8 [H, W, 3], `label`, `id`, optional `{lesion,os,tz,cervix}_mask` uint8 [H, W] and
-    `has_masks`. Methods the model cannot run (e.g. "cam" without a dense kernel) are dropped with a
+    `display` uint8 [H, W, 3], `label`, `id`, optional `{lesion,os,tz,cervix}_mask` uint8 [H, W],
+    `has_masks` and `valid` uint8 [H, W] (1 on the image pixels of an image padded to pad_to). Methods the model cannot run (e.g. "cam" without a dense kernel) are dropped with a
     warning; "weights" is added when the model has a `weights` map (paper A).
     Returns the table {method: {metric: mean over examples}} (mask metrics over examples with
-    masks; nan if none), also written to table.md and table.csv.
+    masks, flagged examples left out; nan if none), also written to table.md and table.csv.
+    Items of index.json carry `flags`: "nonfinite_input", "nonfinite_scores", "nonfinite_map:<method>".
     """
     class_names = tuple(class_names or model.class_names)
     methods = list(methods) + (["weights"] if model.weights is not None and "weights" not in methods else [])
@@ -105,10 +122,20 @@ def explain_to_dir(model, examples: Iterable[Mapping], out_dir: str, *,
         for i, example in enumerate(batch):
             ident, label = int(example["id"]), int(example["label"])
             scores = out["scores"][i]
-            pred = int(np.argmax(scores))
-            item = {"id": ident, "label": label, "score": float(scores[1] if scores.shape[0] > 1 else scores[0]),
-                    "pred": pred, "correct": pred == label, "image": f"images/{ident}.png",
-                    "maps": {}, "overlays": {}, "metrics": {}}
+            flags = [] if out["input_finite"][i] else ["nonfinite_input"]
+            if np.isfinite(scores).all():
+                pred = int(np.argmax(scores))
+                score = float(scores[1] if scores.shape[0] > 1 else scores[0])
+            else:   # argmax would turn NaN into class 0
+                flags.append("nonfinite_scores")
+                pred, score = None, None
+            flags += [f"nonfinite_map:{m}" for m in methods if not out["map_finite"][m][i]]
+            item = {"id": ident, "label": label, "score": score, "pred": pred,
+                    "correct": pred is not None and pred == label, "image": f"images/{ident}.png",
+                    "maps": {}, "overlays": {}, "metrics": {}, "flags": flags}
+            if flags:
+                warnings.warn(f"explain_to_dir: example {ident}: {', '.join(flags)}; its score, "
+                              f"prediction and affected metrics are null in index.json")
             write_png(os.path.join(out_dir, item["image"]), np.asarray(example["display"], np.uint8))
             for m in methods:
                 item["maps"][m] = f"maps/{m}/{ident}.png"
@@ -116,6 +143,8 @@ def explain_to_dir(model, examples: Iterable[Mapping], out_dir: str, *,
                 write_png(os.path.join(out_dir, item["maps"][m]), out["maps"][m][i])
                 write_png(os.path.join(out_dir, item["overlays"][m]), out["overlays"][m][i])
                 metrics = {k: float(v[i]) for k, v in out["metrics"][m].items()}
+                if pred is None or not out["map_finite"][m][i]:
+                    metrics = {k: math.nan for k in metrics}
                 for k, v in metrics.items():
                     values[m][k].append(v)
                 item["metrics"][m] = {k: _json_number(v) for k, v in metrics.items()}
@@ -140,9 +169,19 @@ def explain_to_dir(model, examples: Iterable[Mapping], out_dir: str, *,
     index = {"split": os.path.basename(os.path.normpath(out_dir)), "methods": methods,
              "threshold": threshold, "class_names": list(class_names), "items": items}
     with open(os.path.join(out_dir, "index.json"), "w") as f:
-        json.dump(index, f, indent=1)
+        json.dump(index, f, indent=1, allow_nan=False)
     _write_table(out_dir, table)
     return table
+
+
+def read_index(out_dir) -> dict:
+    """The index.json `explain_to_dir` wrote in `out_dir` (the review page reads it with its own
+    standard-library reader, `review.server.load_index`)."""
+    path = os.path.join(out_dir, "index.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no explanations; run `launch.py explain` first")
+    with open(path) as f:
+        return json.load(f)
 
 
 def _write_table(out_dir: str, table: dict) -> None:

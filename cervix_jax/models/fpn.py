@@ -14,7 +14,7 @@ keras-retinanet (`__create_pyramid_features`), all convs 256 wide with bias:
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import chex
 import flax.linen as nn
@@ -70,10 +70,20 @@ class FPN(nn.Module):
         return {"P3": p3, "P4": p4, "P5": p5, "P6": p6, "P7": p7}
 
 
+def build_pyramid(m, images, train: bool) -> dict:
+    """Inside the compact `__call__` of a ResNetFPN (or subclass) `m`: its submodules "backbone" (ResNet)
+    and "fpn", applied to `images` -> {"C2".."C5", "P3".."P7"}."""
+    c = resnet.ResNet(m.stage_sizes, m.width, m.style, m.stem, m.bn_eps, m.conv_bias, m.dtype,
+                      m.bn_axis_name, name="backbone")(images, train=train)
+    p = FPN(m.feature_size, "same" if m.style == "caffe" else "symmetric", m.p6_from, m.dtype, name="fpn")(c)
+    return {**c, **p}
+
+
 class ResNetFPN(nn.Module):
     """RetinaNet's backbone + FPN: images [N, H, W, 3] -> {"C2".."C5", "P3".."P7"}.
 
     Variables: {"params": {"backbone": ..., "fpn": ...}, "batch_stats": {"backbone": ...}}.
+    `train=True` trains BatchNorm (see resnet.ResNet).
     """
 
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
@@ -85,14 +95,11 @@ class ResNetFPN(nn.Module):
     feature_size: int = 256
     p6_from: str = "C5"
     dtype: Any = jnp.float32
+    bn_axis_name: Optional[str] = None
 
     @nn.compact
-    def __call__(self, images):
-        c = resnet.ResNet(self.stage_sizes, self.width, self.style, self.stem, self.bn_eps,
-                          self.conv_bias, self.dtype, name="backbone")(images)
-        p = FPN(self.feature_size, "same" if self.style == "caffe" else "symmetric", self.p6_from,
-                self.dtype, name="fpn")(c)
-        return {**c, **p}
+    def __call__(self, images, train: bool = False):
+        return build_pyramid(self, images, train)
 
 
 ResNet50FPN = functools.partial(ResNetFPN, stage_sizes=(3, 4, 6, 3), width=64, feature_size=256)

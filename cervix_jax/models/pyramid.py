@@ -1,7 +1,12 @@
 """Paper B's classifier: chosen pyramid levels upsampled to the finest one, concatenated, GAP, dense, softmax.
 
     features(images) = concat_c(up(P_l) for l in levels)       [N, h, w, 256 * len(levels)]
-    head(F)          = softmax(dense(mean_hw F))                [N, 2]
+    head(F, valid)   = softmax(dense(masked GAP of F))          [N, 2]
+
+Images smaller than `pad_to` are zero-padded (data/pipeline.py, `valid` marks the image pixels). The GAP
+is then over the valid region only: cell (i, j) of the h x w feature grid weighs the fraction of its
+pixels that are image (`parts.valid_fraction`), so the padding never enters the score. Without
+`valid` (or with an image filling pad_to) it is the plain mean.
 
 The backbone (`fpn.ResNetFPN`) is frozen: the Task keeps its variables in `frozen`, and only
 `classifier` (the dense layer) trains. `split_variables` / `join_variables` convert between this
@@ -17,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from cervix_jax.models import fpn
-from cervix_jax.models.parts import ExplainableModel
+from cervix_jax.models.parts import ExplainableModel, masked_mean, valid_fraction
 
 LEVELS = ("P3", "P4", "P5", "P6", "P7")
 UPSAMPLE = ("nearest_legacy", "bilinear")
@@ -92,13 +97,20 @@ class PyramidConcatClassifier(nn.Module):
         """pooled [N, K] -> logits [N, num_classes]."""
         return self.classifier(pooled)
 
-    def head(self, feature_map):
-        """[N, h, w, K] -> softmax scores [N, num_classes]."""
+    def head(self, feature_map, valid=None):
+        """[N, h, w, K] (+ valid [N, H, W] of the padded images) -> softmax scores [N, num_classes]."""
         chex.assert_rank(feature_map, 4)
-        return jax.nn.softmax(self.logits(feature_map.mean((1, 2))))
+        return jax.nn.softmax(self.logits(pool(feature_map, valid)))
 
-    def __call__(self, images):
-        return self.head(self.features(images))
+    def __call__(self, images, valid=None):
+        return self.head(self.features(images), valid)
+
+
+def pool(feature_map, valid=None):
+    """[N, h, w, K] -> [N, K]: GAP over the valid region of images padded as `valid` [N, H, W] marks
+    (the plain mean when valid is None)."""
+    weights = None if valid is None else valid_fraction(valid, feature_map.shape[1:3])
+    return masked_mean(feature_map, weights)
 
 
 def init_head(rng, num_features: int, num_classes: int = 2) -> dict:
@@ -119,21 +131,33 @@ def join_variables(params: dict, frozen: dict) -> dict:
             "batch_stats": {"backbone": frozen["batch_stats"]}}
 
 
-def explainable(model: PyramidConcatClassifier, variables: dict) -> ExplainableModel:
-    """Single-example views of `model` with its variables closed over (see parts.ExplainableModel)."""
+def explainable(model: PyramidConcatClassifier, variables: dict, valid=None) -> ExplainableModel:
+    """Single-example views of `model` with its variables closed over (see parts.ExplainableModel);
+    with `valid` [H, W], those of an image padded that way (GAP over its valid region)."""
     classifier = variables["params"]["classifier"]
 
     def features(image):
         chex.assert_rank(image, 3)
         return model.apply(variables, image[None], method="features")[0]
 
+    def weights(feature_map):
+        if valid is None:
+            return None
+        w = valid_fraction(valid, feature_map.shape[:2])
+        return w / jnp.maximum(w.sum(), 1e-12)
+
     def head(feature_map):
         chex.assert_rank(feature_map, 3)
-        return model.apply(variables, feature_map[None], method="head")[0]
+        return post_pool(masked_mean(feature_map, weights(feature_map)))
 
     def post_pool(pooled):
         chex.assert_rank(pooled, 1)
         return jax.nn.softmax(pooled @ classifier["kernel"] + classifier["bias"])
 
+    pool_weights = None
+    if valid is not None:
+        grid = jax.eval_shape(features, jax.ShapeDtypeStruct((*valid.shape, 3), jnp.float32)).shape
+        pool_weights = weights(jnp.zeros(grid[:2] + (1,)))
     return ExplainableModel(features=features, head=head, scores=lambda image: head(features(image)),
-                            post_pool=post_pool, kernel=classifier["kernel"], class_names=CLASS_NAMES)
+                            post_pool=post_pool, kernel=classifier["kernel"], class_names=CLASS_NAMES,
+                            for_valid=lambda v: explainable(model, variables, v), pool_weights=pool_weights)

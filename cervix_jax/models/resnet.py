@@ -11,14 +11,18 @@ Stems (`stem`):
 Inside the blocks both styles pad the 3x3 conv by (1, 1) and the 1x1 convs by 0, which is what
 'SAME'/ZeroPadding(1)+valid and torch's `padding=1` give there.
 
-BatchNorm is always frozen (running averages only): `y = (x - mean) / sqrt(var + bn_eps) * scale + bias`.
+BatchNorm: `y = (x - mean) / sqrt(var + bn_eps) * scale + bias`. With `train=False` (the default: stage 2,
+inference, converted weights) it uses the running statistics in `batch_stats`; with `train=True` (RetinaNet
+stage 1, from scratch) it normalises by the batch statistics and updates the running ones (momentum 0.9,
+`apply(..., mutable=["batch_stats"])`), averaged over the devices of `bn_axis_name` when the step runs
+under pmap/shard_map with that axis.
 Variables use keras-resnet's layer names (`conv1`, `bn_conv1`, `res2a/branch2a`, `res2a/bn_branch2a`, ...),
 so that the converters map every source format onto one tree.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import chex
 import flax.linen as nn
@@ -69,9 +73,10 @@ class ResNet(nn.Module):
     bn_eps: float = 1e-5
     conv_bias: bool = False         # Keras applications' ResNet50 has conv biases
     dtype: Any = jnp.float32        # compute dtype; parameters stay float32
+    bn_axis_name: Optional[str] = None   # data-parallel axis for BatchNorm statistics when training
 
     @nn.compact
-    def __call__(self, images):
+    def __call__(self, images, train: bool = False):
         if self.style not in STYLES:
             raise ValueError(f"ResNet.style: expected one of {STYLES}, found {self.style!r}")
         if self.stem not in STEMS:
@@ -79,7 +84,8 @@ class ResNet(nn.Module):
         chex.assert_rank(images, 4)
         chex.assert_axis_dimension(images, 3, 3)
         conv = functools.partial(nn.Conv, use_bias=self.conv_bias, dtype=self.dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=True, epsilon=self.bn_eps,
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, epsilon=self.bn_eps,
+                                 momentum=0.9, axis_name=self.bn_axis_name if train else None,
                                  dtype=self.dtype)
         x = images.astype(self.dtype)
         conv1_pad = "SAME" if self.stem == "same" else ((3, 3), (3, 3))

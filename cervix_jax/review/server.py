@@ -3,7 +3,9 @@
 Standard library only. Reads ``WORKDIR/explain/<split>/index.json`` (docs/internals.md), serves
 the page in ``static/`` and a small JSON API, and appends every answer to
 ``WORKDIR/review/ratings-<reviewer>.jsonl`` atomically. Only files under ``WORKDIR/explain/<split>/``
-are ever served. See docs/review.md.
+are ever served. In blind mode the page gets images and panels only through opaque
+``/api/image/<id>`` and ``/api/panel/<id>/<position>`` URLs, and nothing under ``/files/``.
+Every response body is strict JSON (no NaN tokens). See docs/review.md.
 """
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import hashlib
 import http.server
 import ipaddress
 import json
+import math
 import os
 import random
 import re
 import socket
+import sys
 import tempfile
 import threading
 import urllib.parse
@@ -54,6 +58,9 @@ STATIC_FILES = {
 }
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 MAX_BODY = 64 * 1024
+# Seconds a connection may stay silent (headers, body, or idle between keep-alive requests) before
+# the server closes it: idle or stalled clients do not hold a thread each forever.
+SOCKET_TIMEOUT = 30.0
 
 
 class RatingError(ValueError):
@@ -82,24 +89,59 @@ def panel_labels(methods, blind):
     return [chr(ord("A") + i) if blind else m.upper() for i, m in enumerate(methods)]
 
 
+def valid_reviewer(name) -> bool:
+    """True when ``name`` is a whole reviewer name (``fullmatch``: no trailing newline)."""
+    return isinstance(name, str) and REVIEWER_PATTERN.fullmatch(name) is not None
+
+
 def ratings_path(workdir, reviewer):
     return os.path.join(workdir, "review", f"ratings-{reviewer}.jsonl")
 
 
 def read_ratings(path):
-    """The records of one ratings file, in order; unreadable lines are skipped."""
+    """(records, skipped) of one ratings file: the JSON objects in order, and the 1-based numbers of
+    the lines skipped because they are not strict UTF-8, not JSON (NaN tokens included) or not an
+    object. A missing file gives ([], [])."""
     if not os.path.exists(path):
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+        return [], []
+    records, skipped = [], []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                skipped.append(number)
                 continue
             if isinstance(record, dict):
                 records.append(record)
-    return records
+            else:
+                skipped.append(number)
+    return records, skipped
+
+
+def _refuse_constant(name):
+    raise ValueError(f"expected strict JSON, found {name}")
+
+
+def json_safe(obj):
+    """``obj`` with every non-finite float replaced by None (so ``allow_nan=False`` dumps it)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def finite_or_none(x):
+    """float(x) if it is a finite number, else None (NaN, inf, None, strings...)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def append_atomic(path, line):
@@ -139,9 +181,9 @@ def load_index(workdir, split):
             f"expected the explainers' index at {path}; found no such file "
             f"(run `launch.py explain --workdir {workdir}` first)")
     with open(path, encoding="utf-8") as f:
-        index = json.load(f)
-    if not isinstance(index.get("items"), list):
-        raise ValueError(f"{path}: expected a list under 'items', found {type(index.get('items')).__name__}")
+        index = json.load(f)   # also reads the NaN tokens older explain runs wrote
+    if not isinstance(index, dict) or not isinstance(index.get("items"), list):
+        raise ValueError(f"{path}: expected an object with a list under 'items'")
     methods = [m for m in REVIEW_METHODS if m in index.get("methods", [])]
     if not methods:
         raise ValueError(f"{path}: expected 'methods' to include one of {list(REVIEW_METHODS)}, "
@@ -168,14 +210,14 @@ def check_host(host, allow_remote):
         raise ValueError(
             f"refusing to bind the review server to {host!r}: expected a loopback address "
             "(127.0.0.1, ::1 or localhost). The rating endpoint has no authentication; pass "
-            "allow_remote=True (--allow-remote) only on a trusted network.")
+            "allow_remote=True (--allow_remote) only on a trusted network.")
 
 
 class ReviewState:
     """The index, the blind mapping and the ratings files of one review session."""
 
     def __init__(self, workdir, split, reviewer, blind):
-        if reviewer is not None and not REVIEWER_PATTERN.match(reviewer):
+        if reviewer is not None and not valid_reviewer(reviewer):
             raise ValueError(f"reviewer name {reviewer!r}: expected letters, digits, '_' or '-' "
                              f"(pattern {REVIEWER_PATTERN.pattern})")
         self.workdir = os.path.abspath(workdir)
@@ -186,6 +228,7 @@ class ReviewState:
         self.class_names = list(self.index.get("class_names") or [])
         self.items = {str(item["id"]): item for item in self.index["items"]}
         self.lock = threading.Lock()
+        self.warned = set()   # (ratings file, skipped lines) already reported on stderr
 
     def order(self, reviewer, image_id):
         return panel_order(self.methods, reviewer, self.split, image_id, self.blind)
@@ -216,31 +259,50 @@ class ReviewState:
         methods = self.order(reviewer, image_id)
         labels = panel_labels(methods, self.blind)
         quoted = urllib.parse.quote(image_id, safe="")
+        who = urllib.parse.quote(reviewer, safe="")
         panels = []
         for pos, (method, label) in enumerate(zip(methods, labels)):
-            panel = {"position": pos, "label": label,
-                     "map": f"/api/panel/{quoted}/{pos}?reviewer={urllib.parse.quote(reviewer)}"}
+            panel = {"position": pos, "label": label, "map": f"/api/panel/{quoted}/{pos}?reviewer={who}"}
             if not self.blind:
                 panel["explainer"] = method
             panels.append(panel)
         names = self.class_names
 
         def name(k):
+            if k is None:
+                return "n/a"
             k = int(k)
             return names[k] if 0 <= k < len(names) else str(k)
 
+        pred = item["pred"] if isinstance(item["pred"], int) and not isinstance(item["pred"], bool) else None
         return {
             "id": image_id, "label": int(item["label"]), "label_name": name(item["label"]),
-            "pred": int(item["pred"]), "pred_name": name(item["pred"]),
-            "score": float(item["score"]), "correct": bool(item["correct"]),
-            "image": "/files/" + urllib.parse.quote(str(item["image"])),
+            "pred": pred, "pred_name": name(pred),
+            "score": finite_or_none(item["score"]), "correct": bool(item["correct"]),
+            "flags": self.flags_view(item),
+            "image": f"/api/image/{quoted}",
             "referral": is_referral_item(item, names), "panels": panels,
         }
 
+    def flags_view(self, item):
+        """The item's flags (e.g. "nonfinite_input"); when blind, without the method names that
+        per-method flags ("nonfinite_map:cam") carry."""
+        flags = [str(f) for f in item.get("flags") or []]
+        if self.blind:
+            flags = list(dict.fromkeys(f.split(":")[0] for f in flags))
+        return flags
+
     def answers(self, reviewer):
-        """Last answers of a reviewer on this split: {image: {"panels": {pos: answer}, "referral": [...]}}."""
+        """(Last answers of a reviewer on this split: {image: {"panels": {pos: answer}, "referral":
+        [...]}}, numbers of the unreadable lines skipped in the reviewer's ratings file)."""
         out = {}
-        for r in read_ratings(ratings_path(self.workdir, reviewer)):
+        path = ratings_path(self.workdir, reviewer)
+        records, skipped = read_ratings(path)
+        if skipped and (path, tuple(skipped)) not in self.warned:
+            self.warned.add((path, tuple(skipped)))
+            print(f"review: WARNING: {path}: skipped {len(skipped)} unreadable line(s) "
+                  f"(not UTF-8 or not a JSON object): {skipped[:10]}", file=sys.stderr)
+        for r in records:
             image_id = str(r.get("image"))
             if r.get("split") != self.split or image_id not in self.items:
                 continue
@@ -250,7 +312,7 @@ class ReviewState:
             elif r.get("explainer") in self.methods:
                 pos = self.order(reviewer, image_id).index(r["explainer"])
                 entry["panels"][str(pos)] = r.get("answer")
-        return out
+        return out, skipped
 
     def is_done(self, image_id, entry):
         if entry is None or len(entry["panels"]) < len(self.methods):
@@ -259,10 +321,10 @@ class ReviewState:
 
     def items_view(self, reviewer, include_all):
         chosen = [it for it in self.index["items"] if include_all or bool(it["correct"])]
-        answers = self.answers(reviewer)
+        answers, skipped = self.answers(reviewer)
         done = [str(it["id"]) for it in chosen if self.is_done(str(it["id"]), answers.get(str(it["id"])))]
         return {"items": [self.item_view(it, reviewer) for it in chosen],
-                "answers": answers, "done": done}
+                "answers": answers, "done": done, "skipped_lines": skipped}
 
     def validate(self, body):
         """Checks a posted rating; returns the record to store or raises RatingError."""
@@ -273,7 +335,7 @@ class ReviewState:
         if extra:
             raise RatingError(f"unexpected keys {sorted(extra)}; allowed: {sorted(allowed)}")
         reviewer = body.get("reviewer")
-        if not isinstance(reviewer, str) or not REVIEWER_PATTERN.match(reviewer):
+        if not valid_reviewer(reviewer):
             raise RatingError(f"reviewer: expected a name matching {REVIEWER_PATTERN.pattern}, found {reviewer!r}")
         image_id = body.get("image")
         if not isinstance(image_id, (str, int)) or isinstance(image_id, bool) or str(image_id) not in self.items:
@@ -302,6 +364,9 @@ class ReviewState:
         if not isinstance(answer, str) or answer not in ANSWERS:
             raise RatingError(f"answer: expected one of {sorted(ANSWERS)}, found {answer!r}")
         order = self.order(reviewer, image_id)
+        if self.blind and "explainer" in body:
+            raise RatingError("blind review: expected 'position' (the shown panel), found 'explainer' "
+                              "(the answer would tell which panel is which method)")
         if ("position" in body) == ("explainer" in body):
             raise RatingError("expected exactly one of 'position' (shown panel) or 'explainer'")
         if "position" in body:
@@ -327,6 +392,7 @@ class ReviewState:
 
 class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "cervix-jax-review"
+    timeout = SOCKET_TIMEOUT  # socket timeout (StreamRequestHandler.setup), set per server
     state: ReviewState = None  # set per server by make_server
     allowed_hosts: frozenset | None = None
 
@@ -344,7 +410,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def send_json(self, code, obj):
-        self.send_bytes(code, json.dumps(obj).encode("utf-8"), "application/json")
+        data = json.dumps(json_safe(obj), allow_nan=False).encode("utf-8")
+        self.send_bytes(code, data, "application/json")
 
     def send_error_json(self, code, message):
         self.send_json(code, {"error": message})
@@ -363,11 +430,36 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def reviewer_param(self, query):
         reviewer = (query.get("reviewer") or [""])[0]
-        if not REVIEWER_PATTERN.match(reviewer):
+        if not valid_reviewer(reviewer):
             raise RatingError(f"reviewer: expected a name matching {REVIEWER_PATTERN.pattern}, found {reviewer!r}")
         return reviewer
 
     def do_GET(self):
+        self.answer(self.get)
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        self.answer(self.post)
+
+    def answer(self, handler):
+        """Runs ``handler``; anything it did not answer itself still gets an answer: 400 for a request
+        that cannot be parsed, 408 for a client too slow to send its body, 500 for a server fault."""
+        try:
+            handler()
+        except (RatingError, ValueError, RecursionError, UnicodeError) as e:
+            self.send_error_json(400, f"expected a well-formed request: {type(e).__name__}: {e}")
+        except TimeoutError:
+            self.close_connection = True
+            self.send_error_json(408, f"expected the request body within {self.timeout} s")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as e:   # noqa: BLE001 - an answer rather than a dropped connection
+            print(f"review: ERROR answering {self.command} {self.path!r}: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            self.send_error_json(500, f"server error: {type(e).__name__}")
+
+    def get(self):
         if not self.host_ok():
             return self.send_error_json(403, "unexpected Host header")
         parts = urllib.parse.urlsplit(self.path)
@@ -389,13 +481,27 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     return self.send_error_json(404, "expected /api/panel/<image>/<position>")
                 image_id, pos = urllib.parse.unquote(rest[0]), rest[1]
                 order = st.order(self.reviewer_param(query), image_id)
-                if image_id not in st.items or not pos.isdigit() or int(pos) >= len(order):
+                # isascii: '\u00b2'.isdigit() is true but int('\u00b2') fails
+                if not (pos.isascii() and pos.isdigit() and len(pos) <= 3):
+                    raise RatingError(f"position: expected a small decimal integer, found {pos!r}")
+                if image_id not in st.items or int(pos) >= len(order):
                     return self.send_error_json(404, f"no panel {pos!r} for image {image_id!r}")
                 file = st.safe_file(str(st.items[image_id]["maps"][order[int(pos)]]))
                 if file is None:
                     return self.send_error_json(404, "map file missing or outside the split folder")
                 return self.send_file(file)
+            if path.startswith("/api/image/"):
+                image_id = urllib.parse.unquote(path[len("/api/image/"):])
+                if image_id not in st.items:
+                    return self.send_error_json(404, f"no image {image_id!r} in index.json")
+                file = st.safe_file(str(st.items[image_id]["image"]))
+                if file is None:
+                    return self.send_error_json(404, "image file missing or outside the split folder")
+                return self.send_file(file)
             if path.startswith("/files/"):
+                if st.blind:   # index.json and maps/<method>/ would tell which panel is which
+                    return self.send_error_json(404, "blind review: files are served only through "
+                                                     "/api/image/ and /api/panel/")
                 file = st.safe_file(urllib.parse.unquote(path[len("/files/"):]))
                 if file is None:
                     return self.send_error_json(404, "not a file under the explain split folder")
@@ -404,9 +510,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send_error_json(400, str(e))
         return self.send_error_json(404, f"no such page: {path}")
 
-    do_HEAD = do_GET
-
-    def do_POST(self):
+    def post(self):
         if not self.host_ok():
             return self.send_error_json(403, "unexpected Host header")
         if urllib.parse.urlsplit(self.path).path != "/api/rating":
@@ -422,9 +526,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send_error_json(413, f"expected a body of at most {MAX_BODY} bytes, found {length}")
         raw = self.rfile.read(length)
         try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            return self.send_error_json(400, f"expected a JSON rating, found invalid JSON: {e}")
+            body = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            # ValueError: bad JSON, NaN, or an integer past Python's digit limit; RecursionError: deep nesting
+            return self.send_error_json(400, f"expected a JSON rating, found invalid JSON: "
+                                             f"{type(e).__name__}: {str(e)[:200]}")
         try:
             record = self.state.record(body)
         except RatingError as e:
@@ -435,12 +541,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def make_server(workdir, *, split="test", port=8765, host="127.0.0.1", reviewer=None,
-                blind=False, allow_remote=False):
-    """Builds (without starting) the review server; ``port=0`` picks a free port."""
+                blind=False, allow_remote=False, timeout=SOCKET_TIMEOUT):
+    """Builds (without starting) the review server; ``port=0`` picks a free port. ``timeout``: seconds
+    a connection may stay silent before the server closes it."""
     check_host(host, allow_remote)
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout: expected seconds > 0, found {timeout!r}")
     state = ReviewState(workdir, split, reviewer, blind)
     allowed = None if allow_remote else frozenset({"localhost", "127.0.0.1", "::1", host.lower()})
-    handler = type("ReviewHandler", (Handler,), {"state": state, "allowed_hosts": allowed})
+    handler = type("ReviewHandler", (Handler,), {"state": state, "allowed_hosts": allowed,
+                                                 "timeout": float(timeout)})
     server_cls = http.server.ThreadingHTTPServer
     if ":" in host:
         server_cls = type("ReviewServer6", (server_cls,), {"address_family": socket.AF_INET6})

@@ -3,7 +3,9 @@
 Per reviewer and explainer: misplacements (count and share of the rated images), "meaningful"
 share, misplacement and referral reasons by frequency, and how the judgments agree with the
 explainers' quantitative metrics in index.json. Between every two reviewers: Cohen's kappa.
-The last answer for an (image, explainer) pair wins. See docs/review.md.
+The last answer for an (image, explainer) pair wins. Unreadable lines of a ratings file (not UTF-8,
+not JSON) are skipped and reported (`skipped_lines`); files whose name is not a valid reviewer name
+are ignored and reported too. summary.json is strict JSON. See docs/review.md.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import json
 import math
 import os
 
-from cervix_jax.review.server import ANSWERS, REFERRAL_REASONS, load_index, read_ratings
+from cervix_jax.review.server import (ANSWERS, REFERRAL_REASONS, json_safe, load_index, read_ratings,
+                                      valid_reviewer)
 
 
 def cohen_kappa(a, b):
@@ -48,13 +51,23 @@ def pearson(x, y):
     return sxy / math.sqrt(sxx * syy)
 
 
-def load_reviews(workdir, split, items):
-    """{reviewer: {"explainer": {(image, method): answer}, "referral": {image: [reasons]}}}, last answer wins."""
+def load_reviews(workdir, split, items, problems=None):
+    """{reviewer: {"explainer": {(image, method): answer}, "referral": {image: [reasons]}}}, last answer wins.
+
+    ``problems`` (a dict, optional) receives {file name: "why"} for files or lines that were skipped."""
     reviews = {}
+    problems = {} if problems is None else problems
     for path in sorted(glob.glob(os.path.join(workdir, "review", "ratings-*.jsonl"))):
-        name = os.path.basename(path)[len("ratings-"):-len(".jsonl")]
+        base = os.path.basename(path)
+        name = base[len("ratings-"):-len(".jsonl")]
+        if not valid_reviewer(name):
+            problems[ascii(base)] = "ignored: not a valid reviewer name"
+            continue
         per = {"explainer": {}, "referral": {}}
-        for r in read_ratings(path):
+        records, skipped = read_ratings(path)
+        if skipped:
+            problems[base] = f"skipped unreadable lines {skipped}"
+        for r in records:
             image = str(r.get("image"))
             if r.get("split") != split or image not in items:
                 continue
@@ -113,11 +126,12 @@ def summarize(workdir, *, split="test"):
     """Computes, prints and writes ``WORKDIR/review/summary.md`` and ``summary.json``; returns the dict."""
     _, index, methods = load_index(workdir, split)
     items = {str(it["id"]): it for it in index["items"]}
-    reviews = load_reviews(workdir, split, items)
+    problems = {}
+    reviews = load_reviews(workdir, split, items, problems)
     result = {
         "split": split, "methods": methods, "n_items": len(items),
         "n_correct": sum(bool(it["correct"]) for it in items.values()),
-        "reviewers": {}, "agreement": [],
+        "reviewers": {}, "agreement": [], "skipped": problems,
     }
     for name, per in reviews.items():
         explainers = {}
@@ -159,7 +173,7 @@ def summarize(workdir, *, split="test"):
     folder = os.path.join(workdir, "review")
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+        json.dump(json_safe(result), f, indent=2, allow_nan=False)
     with open(os.path.join(folder, "summary.md"), "w", encoding="utf-8") as f:
         f.write(text)
     print(text)
@@ -178,6 +192,8 @@ def to_markdown(s):
              f"{s['n_correct']} of {s['n_items']} images correctly classified (reviewed by default).", ""]
     if not s["reviewers"]:
         lines.append("No ratings yet.")
+    for name, why in (s.get("skipped") or {}).items():
+        lines += [f"Warning: `{name}`: {why}.", ""]
     for name, r in s["reviewers"].items():
         lines += [f"## Reviewer `{name}` ({r['n_images']} images)", "",
                   "| explainer | rated | meaningful | misplaced | misplacement reasons |",

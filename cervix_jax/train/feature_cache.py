@@ -8,6 +8,10 @@ copied from row a) / H, an integer multiplicity. So the pooled vector of every l
 size ("P6@P3": P6 upsampled to P3's size, then averaged) is a weighted mean of the coarse map, and the
 pooled concat of a subset is the concat of its levels' pooled vectors at the finest chosen level's size.
 Channel means commute with concatenation, so the cache (15 vectors per image) serves all 31 subsets.
+
+Padded images (smaller than pad_to, `valid` marking the image pixels): the head's GAP is over the valid
+region, mean_{i,j} v[i, j] up(P)[i, j] / sum v with v = parts.valid_fraction(valid) on the target grid,
+and the same argument gives per-image weights (Ry^T v Rx)[a, b] / sum v on P_l's grid: still exact.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import optax
 from tqdm import tqdm
 
 from cervix_jax.models import pyramid
+from cervix_jax.models.parts import valid_fraction
 
 LEVELS = pyramid.LEVELS
 
@@ -29,25 +34,44 @@ def cache_key(level: str, target: str) -> str:
     return f"{level}@{target}"
 
 
-def axis_weights(n_in: int, n_out: int, method: str) -> np.ndarray:
-    """w [n_in] with mean_i up(x)[i] = sum_a w[a] x[a] for legacy-nearest n_in -> n_out (sums to 1)."""
+def _check_method(method: str) -> None:
     if method != "nearest_legacy":
         raise ValueError(f"feature cache: expected upsample 'nearest_legacy' (exact integer "
                          f"multiplicities), found {method!r}; train bilinear heads on full maps")
+
+
+def axis_weights(n_in: int, n_out: int, method: str) -> np.ndarray:
+    """w [n_in] with mean_i up(x)[i] = sum_a w[a] x[a] for legacy-nearest n_in -> n_out (sums to 1)."""
+    _check_method(method)
     src = np.arange(n_out) * n_in // n_out
     return np.bincount(src, minlength=n_in) / n_out
 
 
-def pool_pyramid(maps: dict, method: str = "nearest_legacy") -> dict:
-    """{"P3": [N,h3,w3,C], ...} -> {"Pl@Pt": [N, C] for t <= l}: GAP of P_l upsampled to P_t's size."""
+def copy_matrix(n_in: int, n_out: int, method: str) -> np.ndarray:
+    """R [n_out, n_in], one-hot: output row i of legacy-nearest upsampling copies input row R[i]."""
+    _check_method(method)
+    return np.eye(n_in, dtype=np.float32)[np.arange(n_out) * n_in // n_out]
+
+
+def pool_pyramid(maps: dict, method: str = "nearest_legacy", valid=None) -> dict:
+    """{"P3": [N,h3,w3,C], ...} -> {"Pl@Pt": [N, C] for t <= l}: GAP of P_l upsampled to P_t's size,
+    over the valid region of each image when `valid` [N, H, W] is given (see the module doc)."""
     out = {}
     for ti, target in enumerate(LEVELS):
         th, tw = maps[target].shape[1:3]
+        v = None if valid is None else valid_fraction(valid, (th, tw))              # [N, th, tw]
         for level in LEVELS[ti:]:
             h, w = maps[level].shape[1:3]
-            weights = np.outer(axis_weights(h, th, method), axis_weights(w, tw, method))
-            out[cache_key(level, target)] = jnp.einsum("nhwc,hw->nc", maps[level],
-                                                       weights.astype(np.float32))
+            if v is None:
+                weights = np.outer(axis_weights(h, th, method), axis_weights(w, tw, method))
+                out[cache_key(level, target)] = jnp.einsum("nhwc,hw->nc", maps[level],
+                                                           weights.astype(np.float32))
+                continue
+            ry, rx = copy_matrix(h, th, method), copy_matrix(w, tw, method)
+            weights = jnp.einsum("ia,nij,jb->nab", ry, v, rx, precision=jax.lax.Precision.HIGHEST)
+            weights = weights / jnp.maximum(v.sum((1, 2)), 1e-12)[:, None, None]
+            out[cache_key(level, target)] = jnp.einsum("nhwc,nhw->nc", maps[level], weights,
+                                                       precision=jax.lax.Precision.HIGHEST)
     return out
 
 
@@ -58,14 +82,17 @@ def pooled_features(pooled: dict, levels: Sequence[str]):
 
 
 def make_pool_fn(task, method: str = "nearest_legacy"):
-    """jit(frozen, images [b, H, W, 3]) -> {"Pl@Pt": [b, C]}: compiled once, reusable across `extract` calls."""
-    return jax.jit(lambda frozen, images: pool_pyramid(task.pyramid_maps(frozen, images), method))
+    """jit(frozen, images [b, H, W, 3], valid [b, H, W] or None) -> {"Pl@Pt": [b, C]}: compiled once,
+    reusable across `extract` calls."""
+    return jax.jit(lambda frozen, images, valid=None: pool_pyramid(task.pyramid_maps(frozen, images),
+                                                                     method, valid))
 
 
 def extract(task, frozen: dict, batches: Iterable[dict], method: str = "nearest_legacy", *,
             pool_fn=None, desc: str = "extract features") -> dict:
-    """Runs the frozen backbone once over `batches` (images [..., H, W, 3], label, weight, id; a leading
-    device axis is flattened) and keeps the rows with weight > 0. `pool_fn` (from `make_pool_fn`)
+    """Runs the frozen backbone once over `batches` (images [..., H, W, 3], label, weight, id, optional
+    valid [..., H, W] for padded images; a leading device axis is flattened) and keeps the rows with
+    weight > 0. `pool_fn` (from `make_pool_fn`)
     avoids a recompilation per call; `desc` labels the progress bar.
 
     Returns NumPy {"pooled": {"Pl@Pt": [N, C]}, "label": [N], "id": [N]}.
@@ -77,7 +104,9 @@ def extract(task, frozen: dict, batches: Iterable[dict], method: str = "nearest_
         image = np.asarray(batch["image"])
         image = image.reshape(-1, *image.shape[-3:])
         keep = np.asarray(batch["weight"]).reshape(-1) > 0
-        pooled = jax.device_get(pool(frozen, image))
+        valid = batch.get("valid")
+        valid = None if valid is None else np.asarray(valid).reshape(-1, *image.shape[1:3])
+        pooled = jax.device_get(pool(frozen, image, valid))
         chunks.append(({k: v[keep] for k, v in pooled.items()},
                        np.asarray(batch["label"]).reshape(-1)[keep], np.asarray(batch["id"]).reshape(-1)[keep]))
     return {"pooled": {k: np.concatenate([c[0][k] for c in chunks]) for k in chunks[0][0]},

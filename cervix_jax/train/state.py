@@ -49,5 +49,5 @@ def create_state(task, optimizer: optax.GradientTransformation, *, seed: int,
     params = variables["params"]
     state = TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.fold_in(key, 1),
                        params=params, opt_state=optimizer.init(params),
-                       example_state=task.init_example_state(num_examples))
+                       example_state=task.init_example_state(num_examples, tuple(image_shape)))
     return state, variables["frozen"]

@@ -1,9 +1,11 @@
 """The one protocol between the training engine and a model family.
 
-The engine (steps, parallel wrappers, loop, checkpoints, eval, sweeps) never knows which model it
-trains; a `Task` tells it. Tasks are registered by name (`config.model.name`) and created with
-`make_task(config)`. Implementations: `task_pyramid.py` (paper B), `task_patch.py` (paper A),
-`task_tiny.py` (a tiny CNN for engine tests and smoke runs).
+The engine (steps, parallel wrappers, loop, checkpoints, eval, trainers) never knows which model it
+trains; a `Task` tells it. A family registers "module:factory" under its name (`config.model.name`);
+`make_task(config)` calls `factory(config.model)`: a task sees only its own config keys, whose defaults
+the family module exports as `DEFAULTS` (`base_config(model=name)` reads them through `defaults`).
+Implementations: `task_pyramid.py` (paper B), `task_patch.py` (paper A), `task_tiny.py` (a tiny CNN
+for engine tests and smoke runs).
 
 Conventions
 - `variables = {"params": trainable pytree, "frozen": non-trainable pytree (may be {})}`.
@@ -15,6 +17,7 @@ Conventions
   `loss`, and scatters back the rows `loss` returns (only where weight > 0). It is checkpointed.
 - `loss` returns the *weighted mean* over the batch (sum(w * l) / max(sum(w), 1)) so that the engine
   can average it across devices with `pmean` when every device holds equally many examples.
+- Optional hooks have a no-op default here: a task class that subclasses `Task` inherits them.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import jax
 
 PyTree = Any
 
-# name -> "module:factory" ; factory(config) -> Task. Lazy so that importing the engine does not
+# name -> "module:factory" ; factory(config.model) -> Task. Lazy so that importing the engine does not
 # import every model.
 _REGISTRY: dict[str, str] = {
     "tiny": "cervix_jax.train.task_tiny:make",
@@ -40,8 +43,8 @@ class Task(Protocol):
     def init(self, rng: jax.Array, image_shape: tuple[int, int, int]) -> dict:
         """Returns {"params": ..., "frozen": ...} for images of shape [H, W, 3]."""
 
-    def init_example_state(self, num_examples: int) -> Optional[PyTree]:
-        """Per-example state with leading dim num_examples, or None."""
+    def init_example_state(self, num_examples: int, image_shape: tuple[int, int, int]) -> Optional[PyTree]:
+        """Per-example state with leading dim num_examples (images [H, W, 3]), or None."""
 
     def loss(self, params: PyTree, frozen: PyTree, batch: dict, example_state: Optional[PyTree],
              rng: jax.Array) -> tuple[jax.Array, dict]:
@@ -54,17 +57,32 @@ class Task(Protocol):
     def explainable(self, variables: dict):
         """An `cervix_jax.models.parts.ExplainableModel` for these variables."""
 
+    # -- optional hooks (no-op defaults) --------------------------------------------------------
+    def on_epoch_end(self, example_state: Optional[PyTree], epoch: int, workdir, data) -> None:
+        """Called by the loop on process 0 after the validation of every epoch (`epoch` counts from
+        1) with the host copy of the per-example state, e.g. to record paper A's regulators."""
+
 
 def register(name: str, target: str) -> None:
     """Registers a task factory "module:function" under `name` (for user extensions)."""
     _REGISTRY[name] = target
 
 
-def make_task(config) -> Task:
-    """Builds the task named by `config.model.name`."""
-    name = config.model.name
+def _module(name: str):
     if name not in _REGISTRY:
         raise ValueError(f"config.model.name: unknown task {name!r}; expected one of {sorted(_REGISTRY)}")
     module, fn = _REGISTRY[name].split(":")
-    factory: Callable = getattr(importlib.import_module(module), fn)
-    return factory(config)
+    return importlib.import_module(module), fn
+
+
+def defaults(name: str) -> dict:
+    """The family's config.model keys and defaults (its module's `DEFAULTS`; {} when it has none)."""
+    module, _ = _module(name)
+    return dict(getattr(module, "DEFAULTS", {}))
+
+
+def make_task(config) -> Task:
+    """Builds the task named by `config.model.name` from `config.model`."""
+    module, fn = _module(config.model.name)
+    factory: Callable = getattr(module, fn)
+    return factory(config.model)

@@ -7,10 +7,11 @@ regulator density; weighted mean over the batch. Per-example state = one regulat
 weights of this forward pass and returned as new rows; the engine stores them, so they are used the
 next time that image is visited (Algorithm 1: refit once per epoch per image).
 
-config.model keys: patch_size, aggregation ("mean" | "sum" | "concat"), mlp_hidden,
+config.model keys (`DEFAULTS`): patch_size, aggregation ("mean" | "sum" | "concat"), mlp_hidden,
 regulator ("none" | "fixed" | "iterative"), reg_lambda, eps_w, eig_floor, refit_weighting
 ("raw" | "minmax": what the iterative refit is fit from, see `refit_weights`).
-"none" drops the spatial term whatever reg_lambda is, and keeps no per-example state.
+"none" drops the spatial term whatever reg_lambda is, and keeps no per-example state. The patch grid
+is the image shape over patch_size (`grid_for`).
 """
 from __future__ import annotations
 
@@ -26,7 +27,12 @@ import optax
 from cervix_jax import regulator
 from cervix_jax.models.parts import ExplainableModel
 from cervix_jax.models.patch import PatchWeightClassifier, crm_patch
+from cervix_jax.train.task import Task
 
+# refit_weighting: what the iterative regulator is fit from, "raw" patch weights (the paper) or
+# "minmax" (a - min) / (max - min + 1e-6) (docs/patch_model.md: a flat map then gives no update).
+DEFAULTS = {"patch_size": 28, "aggregation": "mean", "mlp_hidden": (256, 64), "regulator": "iterative",
+            "reg_lambda": 0.1, "eps_w": 1e-3, "eig_floor": 0.25, "refit_weighting": "raw"}
 REGULATORS = ("none", "fixed", "iterative")
 REFIT_WEIGHTINGS = ("raw", "minmax")
 
@@ -35,22 +41,22 @@ def refit_weights(a, weighting: str):
     """The map the iterative regulator is fit from, one image [gh, gw] -> [gh, gw].
 
     "raw": the patch weights themselves (the paper's Eqns. 8-10). "minmax": (a - min) /
-    (max - min + 1e-6) (research notes 4.2): the MLE ignores the weights' common floor, which with
+    (max - min + 1e-6) (docs/patch_model.md): the MLE ignores the weights' common floor, which with
     raw weights pulls every fit toward the grid centre (a flat map fits the uniform-grid Gaussian);
     an exactly flat map gives zeros, so `regulator.refit` keeps the previous regulator (eps_w).
     """
     if weighting == "raw":
         return a
     if weighting == "minmax":
-        return (a - a.min()) / (a.max() - a.min() + regulator.MINMAX_EPS)
+        return regulator.minmax(a)
     raise ValueError(f"config.model.refit_weighting: expected one of {REFIT_WEIGHTINGS}, found {weighting!r}")
 
 
-class PatchTask:
+class PatchTask(Task):
     name = "patch"
 
-    def __init__(self, config):
-        m = config.model
+    def __init__(self, model_config):
+        m = model_config
         if m.regulator not in REGULATORS:
             raise ValueError(f"config.model.regulator: expected one of {REGULATORS}, "
                              f"found {m.regulator!r}")
@@ -64,27 +70,26 @@ class PatchTask:
         self.reg_lambda = 0.0 if m.regulator == "none" else float(m.reg_lambda)
         self.eps_w = float(m.eps_w)
         self.eig_floor = float(m.eig_floor)
-        h, w = tuple(config.data.pad_to)
-        p = int(m.patch_size)
+
+    def grid_for(self, image_shape) -> tuple[int, int]:
+        """The patch grid (gh, gw) of images [H, W, ...]; H and W must be multiples of patch_size."""
+        h, w = tuple(image_shape)[:2]
+        p = self.model.patch_size
         if h % p or w % p:
             raise ValueError(f"config.data.pad_to {(h, w)} is not a multiple of "
                              f"config.model.patch_size {p}")
-        self.grid = (h // p, w // p)
+        return (h // p, w // p)
 
     # -- Task protocol -------------------------------------------------------------------------
     def init(self, rng, image_shape):
-        h, w, _ = image_shape
-        p = self.model.patch_size
-        if (h // p, w // p) != self.grid:
-            raise ValueError(f"PatchTask.init: image {image_shape} gives a {(h // p, w // p)} grid, "
-                             f"but config.data.pad_to / patch_size gives {self.grid}")
+        self.grid_for(image_shape)
         variables = self.model.init(rng, jnp.zeros(image_shape, jnp.float32))
         return {"params": variables["params"], "frozen": {}}
 
-    def init_example_state(self, num_examples: int) -> Optional[dict]:
+    def init_example_state(self, num_examples: int, image_shape) -> Optional[dict]:
         if self.mode == "none":
             return None
-        mu, cov = regulator.init_regulator(self.grid)
+        mu, cov = regulator.init_regulator(self.grid_for(image_shape))
         return {"mu": jnp.broadcast_to(mu, (num_examples, 2)),
                 "cov": jnp.broadcast_to(cov, (num_examples, 2, 2))}
 
@@ -152,38 +157,32 @@ class PatchTask:
         WORKDIR/regulator_history.npz and redraws WORKDIR/regulator_evolution.png (Fig. 5 d-g)."""
         if example_state is None:
             return
+        from cervix_jax.train import rundir
         from cervix_jax.viz.regulator import plot_regulator_evolution
 
         if getattr(self, "_tracked", None) is None:
             self._tracked = data.examples("train", num_images)
         ids = np.array([e["id"] for e in self._tracked])
-        path = Path(workdir) / "regulator_history.npz"
-        history = dict(np.load(path)) if path.exists() else {}
+        history = rundir.read_regulator_history(workdir)
         if not history:
-            mu0, cov0 = regulator.init_regulator(self.grid)
+            mu0, cov0 = regulator.init_regulator(self.grid_for(data.image_shape))
             history["mu_0"] = np.broadcast_to(np.asarray(mu0), (len(ids), 2))
             history["cov_0"] = np.broadcast_to(np.asarray(cov0), (len(ids), 2, 2))
         history[f"mu_{epoch}"] = np.asarray(example_state["mu"])[ids]
         history[f"cov_{epoch}"] = np.asarray(example_state["cov"])[ids]
-        np.savez(path, **history)
+        rundir.write_regulator_history(workdir, history)
         epochs = sorted(int(k[3:]) for k in history if k.startswith("mu_"))
         if len(epochs) > 6:  # keep the figure readable: first, last and evenly spaced between
             epochs = sorted({epochs[int(round(i))] for i in np.linspace(0, len(epochs) - 1, 6)})
-        centers = np.array([_mask_center(e.get("cervix_mask")) for e in self._tracked])
+        centers = np.array([regulator.mask_centre(e.get("cervix_mask")) for e in self._tracked])
+        masks = (np.stack([e["cervix_mask"] for e in self._tracked]) if "cervix_mask" in self._tracked[0]
+                 else None)
         plot_regulator_evolution(
             np.stack([e["display"] for e in self._tracked]),
             [(e, history[f"mu_{e}"], history[f"cov_{e}"]) for e in epochs], self.model.patch_size,
-            Path(workdir) / "regulator_evolution.png", true_centers=centers,
-            masks=np.stack([e["cervix_mask"] for e in self._tracked]) if "cervix_mask" in self._tracked[0] else None)
+            Path(workdir) / "regulator_evolution.png", true_centers=centers, masks=masks)
 
 
-def _mask_center(mask) -> tuple[float, float]:
-    """(x, y) pixel centroid of a mask; nan when absent or empty."""
-    if mask is None or not np.any(mask):
-        return (np.nan, np.nan)
-    ys, xs = np.nonzero(mask)
-    return (float(xs.mean()), float(ys.mean()))
-
-
-def make(config) -> PatchTask:
-    return PatchTask(config)
+def make(model_config) -> PatchTask:
+    """Task factory registered as "patch"; takes config.model."""
+    return PatchTask(model_config)

@@ -1,7 +1,6 @@
 """ROC curve, score distributions and training curves as PNG files (matplotlib, Agg)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -38,9 +37,9 @@ def scores_png(scores: np.ndarray, labels: np.ndarray, path, *, thresholds: dict
     return _save(fig, path)
 
 
-def training_curves_png(metrics_jsonl, path, *, keys: Optional[tuple[str, ...]] = None) -> Path:
-    """Train loss and every scalar val_* metric of `metrics.jsonl` against step."""
-    rows = [json.loads(r) for r in Path(metrics_jsonl).read_text().splitlines() if r.strip()]
+def training_curves_png(rows: list[dict], path, *, keys: Optional[tuple[str, ...]] = None) -> Path:
+    """Train loss and every scalar val_* metric of a run's metric rows (`rundir.read_metrics`)
+    against step."""
     train = [r for r in rows if r.get("split") == "train"]
     val = [r for r in rows if r.get("split") == "val"]
     keys = keys or tuple(k for k in ("val_auc", "val_accuracy", "val_f1") if val and k in val[0])

@@ -113,7 +113,14 @@ function render() {
   info.querySelector("code").textContent = item.id;
   info.querySelector(".true").textContent = item.label_name;
   info.querySelector(".pred").textContent = item.pred_name;
-  info.querySelector(".score").textContent = item.score.toFixed(3);
+  // score is null when the model gave no finite score (flagged by the explainers)
+  info.querySelector(".score").textContent = Number.isFinite(item.score) ? item.score.toFixed(3) : "n/a";
+  if (item.flags && item.flags.length) {
+    const warn = document.createElement("span");
+    warn.className = "wrong flags";
+    warn.textContent = ` flagged: ${item.flags.join(", ")}`;
+    info.append(warn);
+  }
 
   const panels = [];
   const fig = document.createElement("figure");
@@ -220,6 +227,10 @@ async function loadItems(keepId) {
   const data = await getJSON(`/api/items?reviewer=${encodeURIComponent(S.reviewer)}&all=${S.all ? 1 : 0}`);
   S.items = data.items;
   S.answers = data.answers;
+  if (data.skipped_lines && data.skipped_lines.length) {
+    status(`warning: ${data.skipped_lines.length} unreadable line(s) of your ratings file were skipped ` +
+           `(lines ${data.skipped_lines.slice(0, 10).join(", ")})`);
+  }
   let index = S.items.findIndex((it) => it.id === keepId);
   if (index < 0) index = S.items.findIndex((it) => !isDone(it));  // resume at the first open image
   S.index = Math.max(0, index);

@@ -1,0 +1,36 @@
+"""Reports: tables and figures made from finished runs, read through `cervix_jax.train.rundir`.
+
+Each report is a module with `write(config, workdir) -> dict` (what it wrote; None when it has
+nothing to report on). `config.sweep.reports` names the ones a config wants, as big_vision's
+`config.evals` names evaluators; `launch.py sweep` runs them at the end of a sweep and
+`launch.py report` runs them on an existing workdir.
+
+    summary             WORKDIR/summary.{md,csv}: test metrics per grid point, mean ± sd over seeds
+    paper_b_table       WORKDIR/paper_table.{md,csv}: paper B's heads x blur, bootstrap intervals
+    regulator_evidence  WORKDIR/regulator_evidence.{md,json}: paper A's regulator claim
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional, Sequence
+
+_REGISTRY: dict[str, str] = {
+    "summary": "cervix_jax.reports.summary",
+    "paper_b_table": "cervix_jax.reports.paper_b_table",
+    "regulator_evidence": "cervix_jax.reports.regulator_evidence",
+}
+
+
+def register(name: str, module: str) -> None:
+    """Registers a report module (one with `write(config, workdir) -> dict`) under `name`."""
+    _REGISTRY[name] = module
+
+
+def write(config, workdir, names: Optional[Sequence[str]] = None) -> dict:
+    """Runs the reports `names` (default `config.sweep.reports`) in order; {name: what it returned}."""
+    names = tuple(config.sweep.reports if names is None else names)
+    unknown = [n for n in names if n not in _REGISTRY]
+    if unknown:
+        raise ValueError(f"config.sweep.reports: unknown reports {unknown}; "
+                         f"expected from {sorted(_REGISTRY)}")
+    return {name: importlib.import_module(_REGISTRY[name]).write(config, workdir) for name in names}
