@@ -6,6 +6,8 @@ config.model keys (`DEFAULTS`; see configs/pyramid.py):
   backbone             "resnet50" | "tiny" (test-only)
   style, stem, bn_eps, conv_bias, p6_from   see models/resnet.py and models/fpn.py
   backbone_checkpoint  "" (random backbone) or a folder written by `python -m cervix_jax.convert.cli`
+  dtype                (every family) compute dtype of the backbone, "float32" | "bfloat16"; its maps
+                       are cast to float32 before the head: pooling, head, loss, explainers in float32
 
 Without a checkpoint the backbone is random from the fixed key PRNGKey(RANDOM_BACKBONE_SEED), the same
 for every config.seed, as a pretrained one would be: seeds vary the head's init and the data order only.
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from cervix_jax.models import fpn, pyramid
+from cervix_jax.models.parts import compute_dtype
 from cervix_jax.train.task import Task
 
 DEFAULTS = {
@@ -49,7 +52,8 @@ def backbone_from_config(model_config) -> fpn.ResNetFPN:
                          f"found {model_config.backbone!r}")
     return BACKBONES[model_config.backbone](
         style=model_config.style, stem=model_config.stem, bn_eps=float(model_config.bn_eps),
-        conv_bias=bool(model_config.conv_bias), p6_from=model_config.p6_from)
+        conv_bias=bool(model_config.conv_bias), p6_from=model_config.p6_from,
+        dtype=compute_dtype(model_config.get("dtype", "float32")))
 
 
 def load_backbone_checkpoint(path: str, abstract_frozen, model_config) -> dict:
@@ -107,8 +111,10 @@ class PyramidTask(Task):
         return None
 
     def pyramid_maps(self, frozen: dict, images):
-        """images [b, H, W, 3] -> {"C2".."C5", "P3".."P7"}, no gradient."""
-        return jax.lax.stop_gradient(self.model.backbone.apply(frozen, images))
+        """images [b, H, W, 3] -> {"C2".."C5", "P3".."P7"} float32 (whatever config.model.dtype the
+        backbone computes in), no gradient."""
+        maps = self.model.backbone.apply(frozen, images)
+        return jax.lax.stop_gradient(jax.tree.map(lambda m: m.astype(jnp.float32), maps))
 
     def logits(self, params: dict, frozen: dict, images, valid=None):
         """images [b, H, W, 3] (+ valid [b, H, W]: GAP over the unpadded region) -> logits [b, 2]."""
