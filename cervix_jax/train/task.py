@@ -4,8 +4,8 @@ The engine (steps, parallel wrappers, loop, checkpoints, eval, trainers) never k
 trains; a `Task` tells it. A family registers "module:factory" under its name (`config.model.name`);
 `make_task(config)` calls `factory(config.model)`: a task sees only its own config keys, whose defaults
 the family module exports as `DEFAULTS` (`base_config(model=name)` reads them through `defaults`).
-Implementations: `task_pyramid.py` (paper B), `task_patch.py` (paper A), `task_tiny.py` (a tiny CNN
-for engine tests and smoke runs).
+Implementations: `task_pyramid.py` (paper B), `task_patch.py` (paper A), `task_baseline.py` (paper A's
+Table 1 whole-image and crop baselines), `task_tiny.py` (a tiny CNN for engine tests and smoke runs).
 
 Conventions
 - `variables = {"params": trainable pytree, "frozen": non-trainable pytree (may be {})}`.
@@ -39,6 +39,7 @@ _REGISTRY: dict[str, str] = {
     "pyramid": "cervix_jax.train.task_pyramid:make",
     "patch": "cervix_jax.train.task_patch:make",
     "retinanet": "cervix_jax.train.task_retinanet:make",
+    "baseline": "cervix_jax.train.task_baseline:make",
 }
 
 
@@ -66,6 +67,9 @@ class Task(Protocol):
     def on_epoch_end(self, example_state: Optional[PyTree], epoch: int, workdir, data) -> None:
         """Called by the loop on process 0 after the validation of every epoch (`epoch` counts from
         1) with the host copy of the per-example state, e.g. to record paper A's regulators."""
+
+    # Optional: image_features(params, frozen, batch) -> [b, D] image-level feature vectors (the
+    # classifier's input), for t-SNE figures (paper A's Fig. 4d; the patch and baseline tasks have it).
 
 
 def register(name: str, target: str) -> None:
