@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test lint setup browser clean
+.PHONY: demo test lint setup browser clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	bash scripts/run_tests.sh $(PY)
+
+# Every benchmark in one command (benchmarks/suite.py; docs/performance.md). `make bench` is the full,
+# accelerator-sized run (<= 8 min on one H100/H200); `make bench-quick` (or `make bench ARGS=--quick`)
+# the CPU-sized one (< 5 min on 2 cores). Results: benchmarks/results/<device>-<mode>-<date>.{json,md}.
+BENCH_MODE := $(if $(filter --quick,$(ARGS)),quick,full)
+bench: $(STAMP)
+	$(PY) benchmarks/suite.py --mode $(BENCH_MODE) $(filter-out --quick,$(ARGS))
+
+bench-quick: $(STAMP)
+	$(PY) benchmarks/suite.py --mode quick $(ARGS)
 
 # Style check (pyproject.toml's [tool.ruff]: line length 110, pycodestyle E and pyflakes F rules).
 lint: $(STAMP)

@@ -532,18 +532,18 @@ def real_explain_run(root, kind, seed, n=4):
     import jax
     import ml_collections as mlc
     from cervix_jax.explain import explain_to_dir
-    from cervix_jax.train import task_patch, task_tiny
+    from cervix_jax.train.task import make_task
     rng = np.random.default_rng(seed)
     if kind == "tiny":
         from configs.tiny import get_config
         config = get_config()
-        task, methods = task_tiny.make(config), ("cam", "crm")
+        task, methods = make_task(config), ("cam", "crm")
         shape = tuple(config.data.pad_to)
     else:
         config = mlc.ConfigDict({"data": {"pad_to": (16, 24)}, "model": {
-            "name": "patch", "patch_size": 8, "aggregation": "mean", "mlp_hidden": (16, 8),
+            "name": "patch", "patch_size": 8, "aggregation": "normalized", "mlp_hidden": (16, 8),
             "regulator": "iterative", "reg_lambda": 0.5, "eps_w": 1e-3, "eig_floor": 0.25}})
-        task, methods = task_patch.make(config), ("crm",)
+        task, methods = make_task(config), ("crm",)
         shape = tuple(config.data.pad_to)
     model = task.explainable(task.init(jax.random.PRNGKey(seed), (*shape, 3)))
     examples = []

@@ -15,6 +15,18 @@ import numpy as np
 
 Array = jax.Array
 
+# Mixed precision (config.model.dtype): the compute dtype of convolutions and dense layers.
+# Parameters, optimizer state, losses, metrics and the outputs a model hands to the engine or the
+# explainers stay float32 whatever this is.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(name: str):
+    """config.model.dtype ("float32" | "bfloat16") -> the jnp dtype of the activations."""
+    if str(name) not in COMPUTE_DTYPES:
+        raise ValueError(f"config.model.dtype: expected one of {COMPUTE_DTYPES}, found {name!r}")
+    return jnp.dtype(str(name))
+
 
 def _overlap_matrix(n_in: int, n_out: int) -> np.ndarray:
     """[n_out, n_in]: share of output cell i (the interval [i n_in / n_out, (i+1) n_in / n_out) of

@@ -8,7 +8,7 @@ multiples of `patch_size`; the grid is (H // p, W // p). Patch-size variants kee
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import chex
 import flax.linen as nn
@@ -17,7 +17,12 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-AGGREGATIONS = ("mean", "sum", "concat")
+# Eqn. 4, f = (+)_j a_j g(x_j), with (+) "concatenation or average" in the paper:
+#   "average"    f = (1 / P) sum_j a_j h_j   (the paper's average over the P patches; paper default)
+#   "sum"        f = sum_j a_j h_j           (the plain weighted sum, = P x "average")
+#   "normalized" f = sum_j a_j h_j / (sum_j a_j + eps)   (a weighted mean: blind to the weights' level)
+#   "concat"     f = (a_j h_j)_j             (the paper's concatenation; P K inputs to the MLP)
+AGGREGATIONS = ("average", "sum", "normalized", "concat")
 WEIGHTED_MEAN_EPS = 1e-6
 
 # Paper's Table 2 (0.5x, 1x, 2x, 4x of 28 px) -> (patch px, image side px, grid side). 1176 is not a
@@ -51,12 +56,13 @@ class PatchCNN(nn.Module):
     [P, p, p, 3] -> [P, K], K = 48 * (p // 8)^2 for p a multiple of 8 (28 px -> 3x3x48 = 432).
     """
     filters: Sequence[int] = (12, 24, 48)
+    dtype: Any = jnp.float32        # compute dtype; parameters stay float32
 
     @nn.compact
     def __call__(self, patches: Array) -> Array:
         x = patches
         for f in self.filters:
-            x = nn.Conv(f, (3, 3), padding="SAME", kernel_init=glorot)(x)
+            x = nn.Conv(f, (3, 3), padding="SAME", kernel_init=glorot, dtype=self.dtype)(x)
             x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         return x.reshape(x.shape[0], -1)
@@ -65,33 +71,38 @@ class PatchCNN(nn.Module):
 class WeightNet(nn.Module):
     """One patch's feature [K] -> its weight a in (0, 1): dense 800, 512, 128 (ReLU), 1 sigmoid."""
     hidden: Sequence[int] = (800, 512, 128)
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h: Array) -> Array:
         x = h
         for n in self.hidden:
-            x = nn.relu(Dense(n)(x))
-        return nn.sigmoid(Dense(1)(x))[0]
+            x = nn.relu(Dense(n, dtype=self.dtype)(x))
+        return nn.sigmoid(Dense(1, dtype=self.dtype)(x).astype(jnp.float32))[0]
 
 
 class Classifier(nn.Module):
     """Aggregated vector -> logit: two hidden ReLU layers and one output unit (sigmoid outside)."""
     hidden: Sequence[int] = (256, 64)
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, f: Array) -> Array:
         x = f
         for n in self.hidden:
-            x = nn.relu(Dense(n)(x))
-        return Dense(1)(x)[0]
+            x = nn.relu(Dense(n, dtype=self.dtype)(x))
+        return Dense(1, dtype=self.dtype)(x)[0].astype(jnp.float32)
 
 
 def aggregate(features: Array, weights: Array, aggregation: str) -> Array:
     """Patch features [P, K] and weights [P] -> the image vector.
 
-    mean: sum a_j h_j / (sum a_j + eps) [K];  sum: sum a_j h_j [K];  concat: (a_j h_j)_j [P * K].
+    average: sum a_j h_j / P [K];  sum: sum a_j h_j [K];  normalized: sum a_j h_j / (sum a_j + eps)
+    [K];  concat: (a_j h_j)_j [P * K] (see AGGREGATIONS).
     """
-    if aggregation == "mean":
+    if aggregation == "average":
+        return weights @ features / weights.shape[0]
+    if aggregation == "normalized":
         return weights @ features / (weights.sum() + WEIGHTED_MEAN_EPS)
     if aggregation == "sum":
         return weights @ features
@@ -106,26 +117,31 @@ class PatchWeightClassifier(nn.Module):
     `features(image)` -> patch feature grid [gh, gw, K]; `patch_weights(grid)` -> [gh, gw];
     `head(grid)` -> (logit [], weights [gh, gw]); `__call__(image)` = head(features(image)).
     `classify(vector)` -> logit from an aggregated vector (the CRM fast path uses it).
+    `dtype` is the compute dtype of the convolutions and dense layers (config.model.dtype); the
+    feature grid, weights and logit it returns are float32 either way, as are its parameters.
     """
     patch_size: int = 28
-    aggregation: str = "mean"
+    aggregation: str = "average"
     mlp_hidden: Sequence[int] = (256, 64)
+    weight_hidden: Sequence[int] = (800, 512, 128)
+    dtype: Any = jnp.float32
 
     def setup(self):
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"config.model.aggregation: expected one of {AGGREGATIONS}, "
                              f"found {self.aggregation!r}")
-        self.patch_cnn = PatchCNN()
+        self.patch_cnn = PatchCNN(dtype=self.dtype)
         # The weight network is applied to every patch by nn.vmap (shared parameters).
-        self.weight_net = nn.vmap(WeightNet, in_axes=0, out_axes=0,
-                                  variable_axes={"params": None}, split_rngs={"params": False})()
-        self.classifier = Classifier(self.mlp_hidden)
+        weight_net = nn.vmap(WeightNet, in_axes=0, out_axes=0, variable_axes={"params": None},
+                             split_rngs={"params": False})
+        self.weight_net = weight_net(tuple(self.weight_hidden), dtype=self.dtype)
+        self.classifier = Classifier(self.mlp_hidden, dtype=self.dtype)
 
     def features(self, image: Array) -> Array:
         patches = patchify(image, self.patch_size)
         gh, gw = patches.shape[:2]
         h = self.patch_cnn(patches.reshape((gh * gw,) + patches.shape[2:]))
-        return h.reshape(gh, gw, -1)
+        return h.reshape(gh, gw, -1).astype(jnp.float32)
 
     def patch_weights(self, grid: Array) -> Array:
         chex.assert_rank(grid, 3)
@@ -150,8 +166,8 @@ def crm_patch(model: PatchWeightClassifier, variables: dict, grid: Array) -> Arr
     """CRM of the head over the patch grid, exact and without re-running the weight net per ablation.
 
     Zero-ablating patch j (all K channels) changes its weight to a0 = weight_net(0) and removes
-    a_j h_j from the weighted sum, so for "mean" the ablated vector is (S - a_j h_j) / (A - a_j + a0
-    + eps) and for "sum" it is S - a_j h_j. Scores are (1 - p, p), so
+    a_j h_j from the weighted sum, so for "normalized" the ablated vector is (S - a_j h_j) / (A - a_j
+    + a0 + eps), for "sum" it is S - a_j h_j and for "average" (S - a_j h_j) / P. Scores are (1 - p, p), so
     M_j = sum_c (s_c - s_c(j))^2 = 2 (p - p_j)^2. Equals `cervix_jax.explain.crm` on the head.
     grid [gh, gw, K] -> [gh, gw]. "concat" is not decomposable this way: use the generic crm.
     """
@@ -166,9 +182,11 @@ def crm_patch(model: PatchWeightClassifier, variables: dict, grid: Array) -> Arr
                      method=PatchWeightClassifier.patch_weights)[0, 0]
     s = a @ h
     ablated = s[None, :] - a[:, None] * h                          # [P, K]
-    if model.aggregation == "mean":
+    if model.aggregation == "normalized":
         ablated = ablated / (a.sum() - a + a0 + WEIGHTED_MEAN_EPS)[:, None]
         full = s / (a.sum() + WEIGHTED_MEAN_EPS)
+    elif model.aggregation == "average":
+        ablated, full = ablated / a.shape[0], s / a.shape[0]
     else:
         full = s
     classify = lambda v: model.apply(variables, v, method=PatchWeightClassifier.classify)

@@ -90,8 +90,10 @@ class PyramidConcatClassifier(nn.Module):
         self.classifier = nn.Dense(self.num_classes)
 
     def features(self, images):
-        """images [N, H, W, 3] -> concatenated pyramid map [N, h, w, K]."""
-        return concat_levels(self.backbone(images), self.levels, self.upsample)
+        """images [N, H, W, 3] -> concatenated pyramid map [N, h, w, K], float32 whatever the
+        backbone's compute dtype."""
+        maps = {k: v.astype(jnp.float32) for k, v in self.backbone(images).items()}
+        return concat_levels(maps, self.levels, self.upsample)
 
     def logits(self, pooled):
         """pooled [N, K] -> logits [N, num_classes]."""

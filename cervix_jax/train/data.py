@@ -33,6 +33,10 @@ def open_source(data_config):
     (`pipeline.index_source`), with `label` taken from `data.label` when that is another label set."""
     dc = data_config
     source, _ = builders.load_source(dc)
+    if dc.get("pixel_cache", ""):   # decoded, resized pixels from a memory map (docs/performance.md)
+        from cervix_jax.data import pixel_cache
+        source = pixel_cache.open_or_build(source, dc.pixel_cache, dc.name, image_size=dc.image_size,
+                                           pad_to=tuple(dc.pad_to))
     index = pipeline.index_source(source)
     if dc.label != "label":  # train on another label set the examples carry (synthetic data has both)
         values = np.asarray(index[dc.label])

@@ -5,7 +5,11 @@ config.model keys (`DEFAULTS`; see configs/pyramid.py):
   upsample             "nearest_legacy" | "bilinear"
   backbone             "resnet50" | "tiny" (test-only)
   style, stem, bn_eps, conv_bias, p6_from   see models/resnet.py and models/fpn.py
-  backbone_checkpoint  "" (random backbone) or a folder written by `python -m cervix_jax.convert.cli`
+  backbone_checkpoint  "" (random backbone), a folder written by `python -m cervix_jax.convert.cli`, or
+                       the workdir of a stage-1 run (configs/retinanet.py): its best checkpoint's
+                       backbone + FPN, whose architecture then comes from that run's config
+  dtype                (every family) compute dtype of the backbone, "float32" | "bfloat16"; its maps
+                       are cast to float32 before the head: pooling, head, loss, explainers in float32
 
 Without a checkpoint the backbone is random from the fixed key PRNGKey(RANDOM_BACKBONE_SEED), the same
 for every config.seed, as a pretrained one would be: seeds vary the head's init and the data order only.
@@ -23,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from cervix_jax.models import fpn, pyramid
+from cervix_jax.models.parts import compute_dtype
 from cervix_jax.train.task import Task
 
 DEFAULTS = {
@@ -49,7 +54,8 @@ def backbone_from_config(model_config) -> fpn.ResNetFPN:
                          f"found {model_config.backbone!r}")
     return BACKBONES[model_config.backbone](
         style=model_config.style, stem=model_config.stem, bn_eps=float(model_config.bn_eps),
-        conv_bias=bool(model_config.conv_bias), p6_from=model_config.p6_from)
+        conv_bias=bool(model_config.conv_bias), p6_from=model_config.p6_from,
+        dtype=compute_dtype(model_config.get("dtype", "float32")))
 
 
 def load_backbone_checkpoint(path: str, abstract_frozen, model_config) -> dict:
@@ -81,6 +87,7 @@ class PyramidTask(Task):
     backbone_checkpoint: str
     model_config: object
     name: str = "pyramid"
+    stage1: object = None                # config of a stage-1 run when backbone_checkpoint is one
 
     @property
     def num_features(self) -> int:
@@ -91,7 +98,10 @@ class PyramidTask(Task):
         from PRNGKey(RANDOM_BACKBONE_SEED) whatever `rng` (a fixed feature extractor for every seed)."""
         rng_backbone = jax.random.PRNGKey(RANDOM_BACKBONE_SEED)
         dummy = jnp.zeros((1, *_INIT_HW, 3), jnp.float32)
-        if self.backbone_checkpoint:
+        if self.stage1 is not None:
+            from cervix_jax.train import task_retinanet
+            frozen = task_retinanet.load_stage1_backbone(self.backbone_checkpoint, self.stage1)
+        elif self.backbone_checkpoint:
             abstract = jax.eval_shape(self.model.backbone.init, rng_backbone, dummy)
             frozen = load_backbone_checkpoint(self.backbone_checkpoint, abstract, self.model_config)
         else:   # eager: op-by-op compiles are cached across tasks, a jitted init recompiles per module
@@ -107,8 +117,10 @@ class PyramidTask(Task):
         return None
 
     def pyramid_maps(self, frozen: dict, images):
-        """images [b, H, W, 3] -> {"C2".."C5", "P3".."P7"}, no gradient."""
-        return jax.lax.stop_gradient(self.model.backbone.apply(frozen, images))
+        """images [b, H, W, 3] -> {"C2".."C5", "P3".."P7"} float32 (whatever config.model.dtype the
+        backbone computes in), no gradient."""
+        maps = self.model.backbone.apply(frozen, images)
+        return jax.lax.stop_gradient(jax.tree.map(lambda m: m.astype(jnp.float32), maps))
 
     def logits(self, params: dict, frozen: dict, images, valid=None):
         """images [b, H, W, 3] (+ valid [b, H, W]: GAP over the unpadded region) -> logits [b, 2]."""
@@ -134,7 +146,13 @@ class PyramidTask(Task):
 
 def make(model_config) -> PyramidTask:
     """Task factory registered as "pyramid" in cervix_jax/train/task.py; takes config.model."""
+    from cervix_jax.train import task_retinanet
     m = model_config
-    model = pyramid.PyramidConcatClassifier(levels=pyramid.parse_levels(m.levels),
-                                            backbone=backbone_from_config(m), upsample=m.upsample)
-    return PyramidTask(model=model, backbone_checkpoint=m.backbone_checkpoint, model_config=m)
+    stage1 = task_retinanet.stage1_config(m.backbone_checkpoint) if m.backbone_checkpoint else None
+    if stage1 is not None:
+        backbone = task_retinanet.backbone_module(stage1.model, compute_dtype(m.get("dtype", "float32")))
+    else:
+        backbone = backbone_from_config(m)
+    model = pyramid.PyramidConcatClassifier(levels=pyramid.parse_levels(m.levels), backbone=backbone,
+                                            upsample=m.upsample)
+    return PyramidTask(model=model, backbone_checkpoint=m.backbone_checkpoint, model_config=m, stage1=stage1)

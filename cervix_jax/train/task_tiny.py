@@ -9,13 +9,14 @@ probability (the engine's gather/scatter path, as paper A's regulators) and adds
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cervix_jax.models.parts import ExplainableModel
+from cervix_jax.models.parts import ExplainableModel, compute_dtype
 from cervix_jax.train.task import Task
 
 DEFAULTS = {"width": 8, "example_state": False}
@@ -23,14 +24,15 @@ DEFAULTS = {"width": 8, "example_state": False}
 
 class TinyCNN(nn.Module):
     width: int = 8
+    dtype: Any = jnp.float32        # compute dtype of the convs (config.model.dtype)
 
     def setup(self):
-        self.conv1 = nn.Conv(self.width, (3, 3))
-        self.conv2 = nn.Conv(self.width, (3, 3))
+        self.conv1 = nn.Conv(self.width, (3, 3), dtype=self.dtype)
+        self.conv2 = nn.Conv(self.width, (3, 3), dtype=self.dtype)
         self.dense = nn.Dense(2)
 
     def features(self, x):
-        return nn.relu(self.conv2(nn.relu(self.conv1(x))))
+        return nn.relu(self.conv2(nn.relu(self.conv1(x)))).astype(jnp.float32)
 
     def head(self, f):
         return nn.softmax(self.dense(f.mean((-3, -2))))
@@ -44,10 +46,11 @@ class TinyTask(Task):
     width: int
     example_state: bool
     name: str = "tiny"
+    dtype: str = "float32"
 
     @property
     def module(self) -> TinyCNN:
-        return TinyCNN(self.width)
+        return TinyCNN(self.width, compute_dtype(self.dtype))
 
     def init(self, rng, image_shape):
         x = jnp.zeros((1, *image_shape), jnp.float32)
@@ -92,4 +95,5 @@ class TinyTask(Task):
 
 def make(model_config) -> TinyTask:
     """Task factory registered as "tiny"; takes config.model."""
-    return TinyTask(width=model_config.width, example_state=model_config.example_state)
+    return TinyTask(width=model_config.width, example_state=model_config.example_state,
+                    dtype=model_config.get("dtype", "float32"))
