@@ -190,3 +190,39 @@ def paired_bootstrap_diff(metric_fn: Callable[[np.ndarray, np.ndarray], float], 
     values = [metric_fn(scores_a[i], labels[i]) - metric_fn(scores_b[i], labels[i])
               for i in _group_resamples(groups, n_boot, seed)]
     return _interval(metric_fn(scores_a, labels) - metric_fn(scores_b, labels), values, alpha)
+
+
+def hierarchical_bootstrap_diff(diffs, groups, *, n_boot: int = 2000, seed: int = 0,
+                                alpha: float = 0.05) -> dict:
+    """Interval of the mean paired difference over runs, resampling runs AND women.
+
+    diffs: one array per run (seed x split) of per-image differences a - b (both arms scored on that
+    run's test images); groups: the matching per-image group (woman) ids. Each resample draws runs
+    with replacement, then, inside every drawn run, its women with replacement; the statistic is the
+    mean over the drawn runs of each run's mean difference. So the interval carries run-to-run
+    variance (a per-image bootstrap of seed-averaged maps does not). Estimate: the mean over runs of
+    the per-run means. Same keys as `bootstrap_ci`, plus "per_run" (each run's mean difference).
+    """
+    diffs = [np.asarray(d, np.float64) for d in diffs]
+    if len(diffs) != len(groups) or not diffs:
+        raise ValueError(f"hierarchical_bootstrap_diff: expected one groups array per run, got "
+                         f"{len(diffs)} runs and {len(groups)} group arrays")
+    members = []
+    for d, g in zip(diffs, groups):
+        if np.shape(g) != d.shape:
+            raise ValueError(f"hierarchical_bootstrap_diff: groups of shape {np.shape(g)} for "
+                             f"differences of shape {d.shape}")
+        members.append(_group_members(g))
+    per_run = np.array([d.mean() for d in diffs])
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        runs = rng.integers(0, len(diffs), len(diffs))
+        means = []
+        for r in runs:
+            pick = rng.integers(0, len(members[r]), len(members[r]))
+            means.append(diffs[r][np.concatenate([members[r][g] for g in pick])].mean())
+        values.append(np.mean(means))
+    out = _interval(float(per_run.mean()), values, alpha)
+    out["per_run"] = per_run.tolist()
+    return out

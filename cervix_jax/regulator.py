@@ -70,16 +70,24 @@ def dissimilarity(a: Array, s: Array, *, eps: float = MINMAX_EPS) -> Array:
     return 1.0 - minmax(a, eps) * minmax(s, eps)
 
 
-def spatial_loss(a: Array, mu: Array, cov: Array) -> Array:
-    """Spatial loss of Eqn. 5: the MEAN over patches of D(a, s), s = the regulator's density.
+SPATIAL_REDUCTIONS = ("sum", "mean")
+
+
+def spatial_loss(a: Array, mu: Array, cov: Array, *, reduction: str) -> Array:
+    """Spatial loss of Eqn. 5 over one image's patches: D(a, s) summed ("sum", the paper's
+    L_spatial = sum_m D(a_m, s_m)) or averaged ("mean" = sum / (h w)), s = the regulator's density.
 
     The regulator (mu, cov) is a per-image constant target (stop_gradient): gradients reach only the
-    patch weights a. Mean, not sum, so that lambda means the same for every patch grid (the paper's
-    lambda = 0.1 was set for one grid; sum = mean * h * w).
+    patch weights a. With "sum" the weight of lambda grows with the grid (lambda = 0.1 on a 42 x 42
+    grid is lambda = 176.4 under "mean"); "mean" makes lambda mean the same for every grid.
     """
+    if reduction not in SPATIAL_REDUCTIONS:
+        raise ValueError(f"config.model.spatial_reduction: expected one of {SPATIAL_REDUCTIONS}, "
+                         f"found {reduction!r}")
     mu, cov = jax.lax.stop_gradient(mu), jax.lax.stop_gradient(cov)
     s = gaussian_density(mu, cov, a.shape)
-    return dissimilarity(a, s).mean()
+    d = dissimilarity(a, s)
+    return d.sum() if reduction == "sum" else d.mean()
 
 
 def init_regulator(shape: tuple[int, int]) -> tuple[Array, Array]:

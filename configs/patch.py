@@ -7,8 +7,10 @@
 Comma-separated args: a patch size (ps14 | ps28 | ps56 | ps112; default ps28 = 42x42 grid of 28 px
 on 1176 x 1176 images), a regulator mode (none | fixed | iterative; default iterative), runlocal
 (synthetic_cervix/tiny at 128 x 192 with 8-px patches, a 16 x 24 grid: trains in seconds on a CPU).
-The full config (1176 px, 150 epochs) is GPU-sized. Paper defaults: Adam lr 1e-5, lambda 0.1,
-150 epochs, early stopping on the validation split (carved by group from train).
+The full config (1176 px, 150 epochs) is GPU-sized and paper-literal: Eqn. 4 averages a_j h_j over
+the patches (aggregation "average"), Eqn. 5 sums D over them (spatial_reduction "sum", so lambda 0.1
+weighs the 1,764 patches of the 42 x 42 grid), Adam lr 1e-5, lambda 0.1, 150 epochs, early stopping
+on the validation split (carved by group from train).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from cervix_jax.train.config import base_config
 
 def get_config(arg: str | None = None):
     args = [a for a in (arg or "").split(",") if a]
-    known = set(PATCH_VARIANTS) | {"none", "fixed", "iterative", "runlocal", "evidence"}
+    known = set(PATCH_VARIANTS) | {"none", "fixed", "iterative", "runlocal", "evidence", "ablation",
+                                   "table2"}
     unknown = [a for a in args if a not in known]
     if unknown:
         raise ValueError(f"configs/patch.py: unknown args {unknown}; expected from {sorted(known)}")
@@ -32,6 +35,9 @@ def get_config(arg: str | None = None):
     c.data.pad_to = (side, side)
 
     c.model.patch_size = patch
+    c.model.aggregation = "average"       # Eqn. 4, the paper's average of a_j h_j
+    c.model.spatial_reduction = "sum"     # Eqn. 5, sum over the patches
+    c.model.reg_lambda = 0.1
     c.model.regulator = next((a for a in args if a in ("none", "fixed", "iterative")), "iterative")
 
     c.train.batch_size = 8
@@ -58,6 +64,8 @@ def get_config(arg: str | None = None):
         c.data.pad_to = (96, 144)
         c.data.normalization = "torch"
         c.model.patch_size = 8
+        c.model.aggregation = "normalized"     # the project's first choice, kept so that
+        c.model.spatial_reduction = "mean"     # docs/results/paper_a.md's runs are reproduced
         c.train.epochs = 50
         c.train.lr = 1e-4
         c.train.patience = 0
@@ -66,4 +74,28 @@ def get_config(arg: str | None = None):
         c.explain.max_images = 1000          # every test image
         c.sweep.grid = (("model.regulator", ("none", "fixed", "iterative")), ("seed", (0, 1, 2)))
         c.sweep.reports = ("summary", "regulator_evidence")
+    if "ablation" in args:
+        # The regulator ablation (Fig. 5): lambda 0 / fixed / iterative x Eqn. 5's sum / mean, 5 runs
+        # whose init seed k also draws split k, trained to convergence (early stopping on val AUC,
+        # patience 15, at most 120 epochs) on the evidence data (CPU-sized, as `evidence`).
+        c.data.name = "synthetic_cervix/evidence"
+        c.data.image_size = 144
+        c.data.pad_to = (96, 144)
+        c.data.normalization = "torch"
+        c.model.patch_size = 8
+        c.train.epochs = 120
+        c.train.lr = 1e-4
+        c.train.patience = 15
+        c.train.log_every = 20
+        c.explain.methods = ()
+        c.explain.max_images = 1000
+        c.sweep.grid = (("model.regulator", ("none", "fixed", "iterative")),
+                        ("model.spatial_reduction", ("sum", "mean")),
+                        ("seed+data.split_seed", (0, 1, 2, 3, 4)))
+    if "table2" in args:
+        # Table 2: patch sizes 0.5x/1x/2x (14/28/56 px on 1176 px) x 5 runs (seed k with split k),
+        # GPU-sized. The 4x variant needs 1120 px images (1176 is not a multiple of 112), so it is
+        # its own sweep: `configs/patch.py:ps112,table2` (the grid then holds the seeds only).
+        runs = ("seed+data.split_seed", (0, 1, 2, 3, 4))
+        c.sweep.grid = (runs,) if variant == "ps112" else (("model.patch_size", (14, 28, 56)), runs)
     return c

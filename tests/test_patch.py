@@ -58,8 +58,10 @@ def np_forward(params, image, patch, aggregation):
             feats.append(hj)
             weights.append(a)
     h, a = np.stack(feats), np.array(weights)
-    if aggregation == "mean":
+    if aggregation == "normalized":
         f = a @ h / (a.sum() + 1e-6)
+    elif aggregation == "average":
+        f = a @ h / len(a)
     elif aggregation == "sum":
         f = a @ h
     else:
@@ -79,7 +81,7 @@ def test_patchify_matches_slicing(rng):
             np.testing.assert_array_equal(got[i, j], x[i * P:(i + 1) * P, j * P:(j + 1) * P])
 
 
-@pytest.mark.parametrize("aggregation", ["mean", "sum", "concat"])
+@pytest.mark.parametrize("aggregation", ["average", "sum", "normalized", "concat"])
 def test_forward_matches_numpy_per_patch_loop(aggregation, rng):
     model = PatchWeightClassifier(patch_size=P, aggregation=aggregation, mlp_hidden=(16, 8))
     image = jnp.asarray(rng.uniform(0, 1, (H, W, 3)), jnp.float32)
@@ -115,7 +117,7 @@ def test_glorot_uniform_init_statistics(rng):
             np.testing.assert_array_equal(b, 0)
 
 
-@pytest.mark.parametrize("aggregation", ["mean", "sum"])
+@pytest.mark.parametrize("aggregation", ["average", "sum", "normalized"])
 def test_crm_patch_equals_brute_force_zero_ablation(aggregation, rng):
     model = PatchWeightClassifier(patch_size=P, aggregation=aggregation, mlp_hidden=(16, 8))
     image = jnp.asarray(rng.uniform(0, 1, (H, W, 3)), jnp.float32)
@@ -138,12 +140,12 @@ def test_crm_patch_equals_brute_force_zero_ablation(aggregation, rng):
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=1e-8)
 
 
-def _config(regulator="iterative", pad_to=(H, W)):
+def _config(regulator="iterative", pad_to=(H, W), aggregation="normalized", reduction="mean"):
     c = mlc.ConfigDict()
     c.data = mlc.ConfigDict({"pad_to": pad_to})
-    c.model = mlc.ConfigDict({"name": "patch", "patch_size": P, "aggregation": "mean",
+    c.model = mlc.ConfigDict({"name": "patch", "patch_size": P, "aggregation": aggregation,
                               "mlp_hidden": (16, 8), "regulator": regulator, "reg_lambda": 0.5,
-                              "eps_w": 1e-3, "eig_floor": 0.25})
+                              "spatial_reduction": reduction, "eps_w": 1e-3, "eig_floor": 0.25})
     return c
 
 
@@ -159,8 +161,10 @@ def _np_bce(logit, y):
     return np.logaddexp(0, logit) - y * logit
 
 
-def test_train_step_refits_exactly_the_batch_regulators_and_checkpoints(tmp_path, rng):
-    task = task_patch.make(_config("iterative").model)
+@pytest.mark.parametrize("aggregation,reduction", [("normalized", "mean"), ("average", "sum")])
+def test_train_step_refits_exactly_the_batch_regulators_and_checkpoints(aggregation, reduction,
+                                                                         tmp_path, rng):
+    task = task_patch.make(_config("iterative", aggregation=aggregation, reduction=reduction).model)
     n = 10
     variables = task.init(jax.random.PRNGKey(rng.integers(1 << 30)), (H, W, 3))
     state = task.init_example_state(n, (H, W, 3))
@@ -188,7 +192,9 @@ def test_train_step_refits_exactly_the_batch_regulators_and_checkpoints(tmp_path
             np.stack([xs, ys], -1))
         ak = np.asarray(a[k], np.float64)
         mm = lambda x: (x - x.min()) / (x.max() - x.min() + 1e-6)
-        ref_loss += _np_bce(float(logits[k]), float(batch["label"][k])) + 0.5 * (1 - mm(ak) * mm(s)).mean()
+        d = 1 - mm(ak) * mm(s)
+        ref_loss += _np_bce(float(logits[k]), float(batch["label"][k])) + 0.5 * (
+            d.sum() if reduction == "sum" else d.mean())
         w = ak.ravel()
         m = np.stack([xs.ravel(), ys.ravel()], 1)
         mu = w @ m / w.sum()
@@ -236,8 +242,11 @@ def test_explainable_views_agree(rng):
     p = task.predict(variables["params"], {}, {"image": image[None]})[0]
     np.testing.assert_allclose(scores, [1 - p, p], rtol=1e-6)
     np.testing.assert_allclose(ex.head(ex.features(image)), scores, rtol=1e-6)
-    _, a = task.forward(variables["params"], image[None])
+    logits, a = task.forward(variables["params"], image[None])
     np.testing.assert_allclose(ex.weights(image), a[0], rtol=1e-6)
+    f = task.image_features(variables["params"], {}, {"image": image[None]})      # Fig. 4d's vectors
+    np.testing.assert_allclose(task.model.apply(variables, f[0], method=PatchWeightClassifier.classify),
+                               logits[0], rtol=1e-5, atol=1e-6)
 
 
 def test_config_variants_build_consistent_grids():
@@ -247,6 +256,9 @@ def test_config_variants_build_consistent_grids():
         c = get_config(f"{name},fixed")
         assert c.model.patch_size == p and tuple(c.data.pad_to) == (side, side)
         assert task_patch.make(c.model).grid_for(c.data.pad_to) == (g, g) and c.model.regulator == "fixed"
+        # paper-literal: Eqn. 4 average, Eqn. 5 sum, lambda 0.1, Adam lr 1e-5, 150 epochs
+        assert (c.model.aggregation, c.model.spatial_reduction, c.model.reg_lambda) == ("average", "sum", 0.1)
+        assert (c.train.lr, c.train.epochs) == (1e-5, 150)
     c = get_config("runlocal")
     assert task_patch.make(c.model).grid_for(c.data.pad_to) == (16, 24)
     with pytest.raises(ValueError, match="unknown args"):

@@ -67,19 +67,24 @@ def test_dissimilarity_matches_numpy(rng):
     assert np.all(np.isfinite(R.dissimilarity(jnp.ones((3, 3)), jnp.asarray(s[:3, :3]))))
 
 
-def test_spatial_loss_is_mean_of_d_and_stops_gradient_at_the_regulator(rng):
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_spatial_loss_reduces_d_and_stops_gradient_at_the_regulator(reduction, rng):
     h, w = 6, 8
     a = rng.uniform(size=(h, w))
     mu = rng.uniform([1, 1], [w - 2, h - 2])
     cov = random_spd(rng) * 3
     ys, xs = np.mgrid[0:h, 0:w]
     s = multivariate_normal(mean=mu, cov=cov).pdf(np.stack([xs, ys], -1))
-    ref = (1 - np_minmax(a) * np_minmax(s)).mean()
+    d = 1 - np_minmax(a) * np_minmax(s)
+    ref = d.sum() if reduction == "sum" else d.mean()      # Eqn. 5 sums over the patches
     args = [jnp.asarray(x, jnp.float32) for x in (a, mu, cov)]
-    np.testing.assert_allclose(R.spatial_loss(*args), ref, rtol=1e-5)
-    ga, gmu, gcov = jax.grad(R.spatial_loss, argnums=(0, 1, 2))(*args)
+    loss = lambda *x: R.spatial_loss(*x, reduction=reduction)
+    np.testing.assert_allclose(loss(*args), ref, rtol=1e-5)
+    ga, gmu, gcov = jax.grad(loss, argnums=(0, 1, 2))(*args)
     assert np.abs(ga).max() > 0
     assert np.all(gmu == 0) and np.all(gcov == 0)
+    with pytest.raises(ValueError, match="spatial_reduction"):
+        R.spatial_loss(*args, reduction="max")
 
 
 def test_init_regulator_centre_and_half_size_stds():

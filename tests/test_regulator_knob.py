@@ -19,7 +19,7 @@ EPS_W, EIG_FLOOR = 1e-3, 0.25
 def _config(weighting):
     c = mlc.ConfigDict()
     c.data = mlc.ConfigDict({"pad_to": (H, W)})
-    c.model = mlc.ConfigDict({"name": "patch", "patch_size": P, "aggregation": "mean",
+    c.model = mlc.ConfigDict({"name": "patch", "patch_size": P, "aggregation": "normalized",
                               "mlp_hidden": (16, 8), "regulator": "iterative", "reg_lambda": 0.5,
                               "eps_w": EPS_W, "eig_floor": EIG_FLOOR, "refit_weighting": weighting})
     return c

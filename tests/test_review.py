@@ -547,7 +547,7 @@ def real_explain_run(root, kind, seed, n=4):
         shape = tuple(config.data.pad_to)
     else:
         config = mlc.ConfigDict({"data": {"pad_to": (16, 24)}, "model": {
-            "name": "patch", "patch_size": 8, "aggregation": "mean", "mlp_hidden": (16, 8),
+            "name": "patch", "patch_size": 8, "aggregation": "normalized", "mlp_hidden": (16, 8),
             "regulator": "iterative", "reg_lambda": 0.5, "eps_w": 1e-3, "eig_floor": 0.25}})
         task, methods = make_task(config), ("crm",)
         shape = tuple(config.data.pad_to)

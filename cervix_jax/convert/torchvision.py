@@ -104,3 +104,61 @@ def retinanet_from_torchvision(state_dict: Mapping, *, version: str = "v1",
     rules = common.make_rules(template, lambda layer: torchvision_name(layer, prefix), _torch_slot, ".")
     return module, common.strict_assemble(source, rules, template, ignore=ignore,
                                           where=f"torchvision state dict ({version})")
+
+
+# --- torchvision vgg16 -> cervix_jax.models.baselines.VGG16 (paper A's Table 1, FZ1-FZ4) -------------
+
+VGG16_FEATURE_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)   # Conv_i -> features.<index>
+VGG16_CLASSIFIER_INDEX = (0, 3, 6)                                      # Dense_i -> classifier.<index>
+
+
+def vgg16_from_torchvision(state_dict: Mapping, *, include_head: bool = True):
+    """A torchvision `vgg16` state dict -> (baselines.VGG16, {"params": ...}).
+
+    Conv weights OIHW -> HWIO; dense weights [out, in] -> [in, out], and classifier.0's inputs are
+    reordered from torch's (C, 7, 7) flattening to the NHWC (7, 7, C) one. With include_head=False
+    the ImageNet output layer classifier.6 is ignored on purpose (logged) and the returned params lack
+    Dense_2, for a new 1-logit head (`VGG16(num_outputs=1)`); otherwise the module has as many outputs
+    as classifier.6 (1000 for ImageNet). Strict: every other tensor used once, every shape checked.
+    """
+    import numpy as np
+    from flax import traverse_util
+
+    from cervix_jax.models.baselines import VGG16
+
+    source = dict(state_dict)
+    head = source.get("classifier.6.weight")
+    if head is None:
+        raise common.ConversionError("torchvision vgg16 state dict: expected classifier.6.weight, found "
+                                     f"none among {len(source)} keys (not a vgg16 state dict?)")
+    fc = common.to_numpy(source.get("classifier.0.weight", np.zeros((0, 0)))).shape[0]
+    module = VGG16(fc_width=int(fc), num_outputs=int(head.shape[0]) if include_head else 1)
+    template = common.template_of(module, (32, 32))
+    flat = traverse_util.flatten_dict(template)
+    if not include_head:
+        flat = {p: v for p, v in flat.items() if p[1] != "Dense_2"}
+        template = traverse_util.unflatten_dict(flat)
+    hwio = lambda w: w.transpose(2, 3, 1, 0)
+
+    def fc0(w):                       # [out, C*7*7] (C, H, W order) -> [7*7*C, out] (H, W, C order)
+        out, n = w.shape
+        c = n // 49
+        return w.reshape(out, c, 7, 7).transpose(2, 3, 1, 0).reshape(49 * c, out)
+
+    rules = {}
+    for path in flat:
+        layer, slot = path[1], path[2]
+        kind, i = layer.split("_")
+        if kind == "Conv":
+            key = f"features.{VGG16_FEATURE_INDEX[int(i)]}"
+            rules[path] = (f"{key}.weight", hwio) if slot == "kernel" else (f"{key}.bias", None)
+        else:
+            key = f"classifier.{VGG16_CLASSIFIER_INDEX[int(i)]}"
+            if slot == "bias":
+                rules[path] = (f"{key}.bias", None)
+            else:
+                rules[path] = (f"{key}.weight", fc0 if i == "0" else (lambda w: w.T))
+    variables = common.strict_assemble(source, rules, template,
+                                       ignore=() if include_head else ("classifier.6.",),
+                                       where="torchvision vgg16 state dict")
+    return module, variables

@@ -17,7 +17,12 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-AGGREGATIONS = ("mean", "sum", "concat")
+# Eqn. 4, f = (+)_j a_j g(x_j), with (+) "concatenation or average" in the paper:
+#   "average"    f = (1 / P) sum_j a_j h_j   (the paper's average over the P patches; paper default)
+#   "sum"        f = sum_j a_j h_j           (the plain weighted sum, = P x "average")
+#   "normalized" f = sum_j a_j h_j / (sum_j a_j + eps)   (a weighted mean: blind to the weights' level)
+#   "concat"     f = (a_j h_j)_j             (the paper's concatenation; P K inputs to the MLP)
+AGGREGATIONS = ("average", "sum", "normalized", "concat")
 WEIGHTED_MEAN_EPS = 1e-6
 
 # Paper's Table 2 (0.5x, 1x, 2x, 4x of 28 px) -> (patch px, image side px, grid side). 1176 is not a
@@ -92,9 +97,12 @@ class Classifier(nn.Module):
 def aggregate(features: Array, weights: Array, aggregation: str) -> Array:
     """Patch features [P, K] and weights [P] -> the image vector.
 
-    mean: sum a_j h_j / (sum a_j + eps) [K];  sum: sum a_j h_j [K];  concat: (a_j h_j)_j [P * K].
+    average: sum a_j h_j / P [K];  sum: sum a_j h_j [K];  normalized: sum a_j h_j / (sum a_j + eps)
+    [K];  concat: (a_j h_j)_j [P * K] (see AGGREGATIONS).
     """
-    if aggregation == "mean":
+    if aggregation == "average":
+        return weights @ features / weights.shape[0]
+    if aggregation == "normalized":
         return weights @ features / (weights.sum() + WEIGHTED_MEAN_EPS)
     if aggregation == "sum":
         return weights @ features
@@ -113,8 +121,9 @@ class PatchWeightClassifier(nn.Module):
     feature grid, weights and logit it returns are float32 either way, as are its parameters.
     """
     patch_size: int = 28
-    aggregation: str = "mean"
+    aggregation: str = "average"
     mlp_hidden: Sequence[int] = (256, 64)
+    weight_hidden: Sequence[int] = (800, 512, 128)
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -125,7 +134,7 @@ class PatchWeightClassifier(nn.Module):
         # The weight network is applied to every patch by nn.vmap (shared parameters).
         weight_net = nn.vmap(WeightNet, in_axes=0, out_axes=0, variable_axes={"params": None},
                              split_rngs={"params": False})
-        self.weight_net = weight_net(dtype=self.dtype)
+        self.weight_net = weight_net(tuple(self.weight_hidden), dtype=self.dtype)
         self.classifier = Classifier(self.mlp_hidden, dtype=self.dtype)
 
     def features(self, image: Array) -> Array:
@@ -157,8 +166,8 @@ def crm_patch(model: PatchWeightClassifier, variables: dict, grid: Array) -> Arr
     """CRM of the head over the patch grid, exact and without re-running the weight net per ablation.
 
     Zero-ablating patch j (all K channels) changes its weight to a0 = weight_net(0) and removes
-    a_j h_j from the weighted sum, so for "mean" the ablated vector is (S - a_j h_j) / (A - a_j + a0
-    + eps) and for "sum" it is S - a_j h_j. Scores are (1 - p, p), so
+    a_j h_j from the weighted sum, so for "normalized" the ablated vector is (S - a_j h_j) / (A - a_j
+    + a0 + eps), for "sum" it is S - a_j h_j and for "average" (S - a_j h_j) / P. Scores are (1 - p, p), so
     M_j = sum_c (s_c - s_c(j))^2 = 2 (p - p_j)^2. Equals `cervix_jax.explain.crm` on the head.
     grid [gh, gw, K] -> [gh, gw]. "concat" is not decomposable this way: use the generic crm.
     """
@@ -173,9 +182,11 @@ def crm_patch(model: PatchWeightClassifier, variables: dict, grid: Array) -> Arr
                      method=PatchWeightClassifier.patch_weights)[0, 0]
     s = a @ h
     ablated = s[None, :] - a[:, None] * h                          # [P, K]
-    if model.aggregation == "mean":
+    if model.aggregation == "normalized":
         ablated = ablated / (a.sum() - a + a0 + WEIGHTED_MEAN_EPS)[:, None]
         full = s / (a.sum() + WEIGHTED_MEAN_EPS)
+    elif model.aggregation == "average":
+        ablated, full = ablated / a.shape[0], s / a.shape[0]
     else:
         full = s
     classify = lambda v: model.apply(variables, v, method=PatchWeightClassifier.classify)

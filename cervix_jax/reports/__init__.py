@@ -8,6 +8,8 @@ nothing to report on). `config.sweep.reports` names the ones a config wants, as 
     summary             WORKDIR/summary.{md,csv}: test metrics per grid point, mean ± sd over seeds
     paper_b_table       WORKDIR/paper_table.{md,csv}: paper B's heads x blur, bootstrap intervals
     regulator_evidence  WORKDIR/regulator_evidence.{md,json}: paper A's regulator claim
+    paper_a_table1      WORKDIR/table1.{md,csv}, fig4{a,b,c}_*.png: paper A's Table 1 and Fig. 4 a-c
+                        (`python -m cervix_jax.reports.paper_a` combines several sweeps, adds Fig. 4d)
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ _REGISTRY: dict[str, str] = {
     "summary": "cervix_jax.reports.summary",
     "paper_b_table": "cervix_jax.reports.paper_b_table",
     "regulator_evidence": "cervix_jax.reports.regulator_evidence",
+    "paper_a_table1": "cervix_jax.reports.paper_a",
 }
 
 

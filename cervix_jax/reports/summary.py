@@ -17,7 +17,7 @@ def write(config, workdir) -> dict:
     """Writes summary.md and summary.csv; returns {"rows", "markdown", "csv"}."""
     workdir = Path(workdir)
     groups: dict[tuple, list[dict]] = {}
-    keys = [k for k, _ in config.sweep.grid if k != "seed"]
+    keys = [k for k, _ in config.sweep.grid if "seed" not in k.split("+")]   # "seed+data.split_seed" too
     for p in grid_points(config):
         pdir = workdir / "points" / point_name(p)
         if rundir.eval_done(pdir):

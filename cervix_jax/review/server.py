@@ -388,7 +388,7 @@ class ReviewState:
         record = self.validate(body)
         with self.lock:
             append_atomic(ratings_path(self.workdir, record["reviewer"]),
-                          json.dumps(record, ensure_ascii=False, sort_keys=True))
+                          json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False))
         return record
 
 

@@ -59,7 +59,8 @@ def base_config(model: str = "tiny") -> mlc.ConfigDict:
     c.explain.max_images = 64
 
     c.sweep = mlc.ConfigDict()
-    # ((dotted key, values), ...): the cartesian product, one workdir per point; e.g.
+    # ((dotted key, values), ...): the cartesian product, one workdir per point; "a+b" zips keys (one
+    # value sets both, e.g. "seed+data.split_seed"). E.g.
     # (("model.levels", ("p3", "p3,p6,p7")), ("seed", (0, 1, 2))). Seeds are averaged in the table.
     c.sweep.grid = ()
     # "loop": one ordinary train + eval per point; "cached_heads": paper B's heads from cached features,
@@ -206,6 +207,7 @@ def _validate_model(config) -> list[str]:
         need(m.p6_from in fpn.P6_SOURCES, "p6_from", f"one of {fpn.P6_SOURCES}")
     elif m.name == "patch":
         from cervix_jax.models.patch import AGGREGATIONS
+        from cervix_jax.regulator import SPATIAL_REDUCTIONS
         from cervix_jax.train.task_patch import REFIT_WEIGHTINGS, REGULATORS
         need(_is_int(m.patch_size) and m.patch_size > 0, "patch_size", "an integer > 0")
         pad = tuple(config.data.pad_to)
@@ -215,10 +217,29 @@ def _validate_model(config) -> list[str]:
         need(m.aggregation in AGGREGATIONS, "aggregation", f"one of {AGGREGATIONS}")
         need(isinstance(m.mlp_hidden, (tuple, list)) and all(_is_int(v) and v > 0 for v in m.mlp_hidden),
              "mlp_hidden", "a tuple of integers > 0")
+        wh = m.weight_hidden
+        need(isinstance(wh, (tuple, list)) and all(_is_int(v) and v > 0 for v in wh), "weight_hidden",
+             "a tuple of integers > 0")
+        need(m.spatial_reduction in SPATIAL_REDUCTIONS, "spatial_reduction", f"one of {SPATIAL_REDUCTIONS}")
         need(m.regulator in REGULATORS, "regulator", f"one of {REGULATORS}")
         need(_is_num(m.reg_lambda) and m.reg_lambda >= 0, "reg_lambda", "a number >= 0")
         need(_is_num(m.eps_w) and m.eps_w > 0, "eps_w", "a number > 0")
         need(_is_num(m.eig_floor) and m.eig_floor > 0, "eig_floor", "a number > 0")
         need(m.get("refit_weighting", "raw") in REFIT_WEIGHTINGS, "refit_weighting",
              f"one of {REFIT_WEIGHTINGS}")
+    elif m.name == "baseline":
+        from cervix_jax.models.baselines import ARCHS
+        from cervix_jax.train.task_baseline import CROPS
+        need(m.arch in ARCHS, "arch", f"one of {ARCHS}")
+        need(m.crop in CROPS, "crop", f"one of {CROPS}")
+        size = tuple(m.input_size) if isinstance(m.input_size, (tuple, list)) else ()
+        need(len(size) == 2 and all(_is_int(v) and v >= 0 for v in size), "input_size",
+             "(h, w) integers > 0, or (0, 0) for the paper's size")
+        need(_is_num(m.width) and m.width > 0, "width", "a number > 0")
+        need(_is_int(m.fc_width) and m.fc_width > 0, "fc_width", "an integer > 0")
+        need(_is_int(m.crop_size) and (m.crop_size > 0 or m.crop != "center"), "crop_size",
+             "an integer > 0 (pixels) for crop 'center'")
+        need(_is_num(m.box_margin) and m.box_margin >= 0, "box_margin", "a number >= 0")
+        need(_is_int(m.freeze_blocks) and 0 <= m.freeze_blocks <= 5, "freeze_blocks", "an integer in 0..5")
+        need(m.freeze_blocks == 0 or m.arch == "vgg16", "freeze_blocks", "0 unless arch is 'vgg16'")
     return problems

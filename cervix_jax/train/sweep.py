@@ -46,14 +46,15 @@ def point_config(config, point: dict):
     c = copy.deepcopy(config)
     with c.unlocked():
         c.sweep.grid = ()
-    for key, value in point.items():
-        *parents, leaf = key.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"config.sweep.grid: unknown key {key!r}")
-        node[leaf] = value
+    for keys, value in point.items():
+        for key in keys.split("+"):        # "seed+data.split_seed": one value sets both (zipped)
+            *parents, leaf = key.split(".")
+            node = c
+            for p in parents:
+                node = node[p]
+            if leaf not in node:
+                raise KeyError(f"config.sweep.grid: unknown key {key!r}")
+            node[leaf] = value
     return c
 
 

@@ -4,8 +4,8 @@ The engine (steps, parallel wrappers, loop, checkpoints, eval, trainers) never k
 trains; a `Task` tells it. A family registers "module:factory" under its name (`config.model.name`);
 `make_task(config)` calls `factory(config.model)`: a task sees only its own config keys, whose defaults
 the family module exports as `DEFAULTS` (`base_config(model=name)` reads them through `defaults`).
-Implementations: `task_pyramid.py` (paper B), `task_patch.py` (paper A), `task_tiny.py` (a tiny CNN
-for engine tests and smoke runs).
+Implementations: `task_pyramid.py` (paper B), `task_patch.py` (paper A), `task_baseline.py` (paper A's
+Table 1 whole-image and crop baselines), `task_tiny.py` (a tiny CNN for engine tests and smoke runs).
 
 Conventions
 - `variables = {"params": trainable pytree, "frozen": non-trainable pytree (may be {})}`.
@@ -17,7 +17,11 @@ Conventions
   `loss`, and scatters back the rows `loss` returns (only where weight > 0). It is checkpointed.
 - `loss` returns the *weighted mean* over the batch (sum(w * l) / max(sum(w), 1)) so that the engine
   can average it across devices with `pmean` when every device holds equally many examples.
-- Optional hooks have a no-op default here: a task class that subclasses `Task` inherits them.
+- `aux` may also hold "set_params": {top-level params key: new value}, written by the train step after
+  the optimizer update (averaged over devices): non-gradient state such as BatchNorm running statistics
+  (the stage-1 RetinaNet, `task_retinanet.py`).
+- Optional hooks have a no-op default here: a task class that subclasses `Task` inherits them. A task
+  may also define `evaluate_extra(variables, data, out_dir) -> dict`, merged into `eval/metrics.json`.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ _REGISTRY: dict[str, str] = {
     "tiny": "cervix_jax.train.task_tiny:make",
     "pyramid": "cervix_jax.train.task_pyramid:make",
     "patch": "cervix_jax.train.task_patch:make",
+    "retinanet": "cervix_jax.train.task_retinanet:make",
+    "baseline": "cervix_jax.train.task_baseline:make",
 }
 
 
@@ -61,6 +67,9 @@ class Task(Protocol):
     def on_epoch_end(self, example_state: Optional[PyTree], epoch: int, workdir, data) -> None:
         """Called by the loop on process 0 after the validation of every epoch (`epoch` counts from
         1) with the host copy of the per-example state, e.g. to record paper A's regulators."""
+
+    # Optional: image_features(params, frozen, batch) -> [b, D] image-level feature vectors (the
+    # classifier's input), for t-SNE figures (paper A's Fig. 4d; the patch and baseline tasks have it).
 
 
 def register(name: str, target: str) -> None:

@@ -1,21 +1,23 @@
 """The `Task` for paper A: patch-weight classifier + per-image Gaussian spatial regulator.
 
-Loss per image (Eqn. 4-5): BCE(logit, label) + lambda * mean_m D(a, s), where s is that image's
+Loss per image (Eqn. 4-5): BCE(logit, label) + lambda * sum_m D(a, s) (or the mean over m), s that image's
 regulator density; weighted mean over the batch. Per-example state = one regulator per example,
 {"mu": [N, 2], "cov": [N, 2, 2]}, all initialised by `regulator.init_regulator`. In the
 "iterative" mode the batch's regulators are refit (vmapped, inside the jitted step) from the patch
 weights of this forward pass and returned as new rows; the engine stores them, so they are used the
 next time that image is visited (Algorithm 1: refit once per epoch per image).
 
-config.model keys (`DEFAULTS`; plus dtype, the compute dtype): patch_size, aggregation ("mean" |
-"sum" | "concat"), mlp_hidden,
-regulator ("none" | "fixed" | "iterative"), reg_lambda, eps_w, eig_floor, refit_weighting
+config.model keys (`DEFAULTS`; plus dtype, the compute dtype): patch_size, aggregation ("average" |
+"sum" | "normalized" | "concat"), mlp_hidden, weight_hidden (the weight network's hidden widths, the
+paper's (800, 512, 128) by default), regulator ("none" | "fixed" | "iterative"), reg_lambda,
+spatial_reduction ("sum" | "mean" over the patches: Eqn. 5 sums), eps_w, eig_floor, refit_weighting
 ("raw" | "minmax": what the iterative refit is fit from, see `refit_weights`).
 "none" drops the spatial term whatever reg_lambda is, and keeps no per-example state. The patch grid
 is the image shape over patch_size (`grid_for`).
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Optional
 
@@ -27,13 +29,16 @@ import optax
 
 from cervix_jax import regulator
 from cervix_jax.models.parts import ExplainableModel, compute_dtype
-from cervix_jax.models.patch import PatchWeightClassifier, crm_patch
+from cervix_jax.models.patch import PatchWeightClassifier, aggregate, crm_patch
 from cervix_jax.train.task import Task
 
 # refit_weighting: what the iterative regulator is fit from, "raw" patch weights (the paper) or
 # "minmax" (a - min) / (max - min + 1e-6) (docs/patch_model.md: a flat map then gives no update).
-DEFAULTS = {"patch_size": 28, "aggregation": "mean", "mlp_hidden": (256, 64), "regulator": "iterative",
-            "reg_lambda": 0.1, "eps_w": 1e-3, "eig_floor": 0.25, "refit_weighting": "raw"}
+# aggregation / spatial_reduction: the paper's literal Eqn. 4 ("average" over the patches) and Eqn. 5
+# ("sum" of D over the patches) by default; docs/patch_model.md gives the alternatives and why.
+DEFAULTS = {"patch_size": 28, "aggregation": "average", "mlp_hidden": (256, 64),
+            "weight_hidden": (800, 512, 128), "regulator": "iterative", "reg_lambda": 0.1,
+            "spatial_reduction": "sum", "eps_w": 1e-3, "eig_floor": 0.25, "refit_weighting": "raw"}
 REGULATORS = ("none", "fixed", "iterative")
 REFIT_WEIGHTINGS = ("raw", "minmax")
 
@@ -63,6 +68,7 @@ class PatchTask(Task):
                              f"found {m.regulator!r}")
         self.model = PatchWeightClassifier(patch_size=int(m.patch_size), aggregation=m.aggregation,
                                            mlp_hidden=tuple(m.mlp_hidden),
+                                           weight_hidden=tuple(m.get("weight_hidden", (800, 512, 128))),
                                            dtype=compute_dtype(m.get("dtype", "float32")))
         self.mode = m.regulator
         self.refit_weighting = m.get("refit_weighting", "raw")   # configs older than the key: "raw"
@@ -70,6 +76,10 @@ class PatchTask(Task):
             raise ValueError(f"config.model.refit_weighting: expected one of {REFIT_WEIGHTINGS}, "
                              f"found {self.refit_weighting!r}")
         self.reg_lambda = 0.0 if m.regulator == "none" else float(m.reg_lambda)
+        self.spatial_reduction = m.get("spatial_reduction", "mean")   # configs older than the key
+        if self.spatial_reduction not in regulator.SPATIAL_REDUCTIONS:
+            raise ValueError(f"config.model.spatial_reduction: expected one of "
+                             f"{regulator.SPATIAL_REDUCTIONS}, found {self.spatial_reduction!r}")
         self.eps_w = float(m.eps_w)
         self.eig_floor = float(m.eig_floor)
 
@@ -113,7 +123,8 @@ class PatchTask(Task):
             mu, cov = example_state["mu"], example_state["cov"]
             chex.assert_shape(mu, (a.shape[0], 2))
             chex.assert_shape(cov, (a.shape[0], 2, 2))
-            spatial = jax.vmap(regulator.spatial_loss)(a, mu, cov)   # Eqn. 5
+            spatial = jax.vmap(functools.partial(regulator.spatial_loss,
+                                                 reduction=self.spatial_reduction))(a, mu, cov)  # Eqn. 5
             if self.mode == "iterative":
                 refit = jax.vmap(lambda m, c, x: regulator.refit(
                     m, c, refit_weights(x, self.refit_weighting), eps_w=self.eps_w,
@@ -134,6 +145,19 @@ class PatchTask(Task):
         del frozen
         logits, _ = self.forward(params, batch["image"])
         return jax.nn.sigmoid(logits)
+
+    def image_features(self, params, frozen, batch):
+        """[b, D] the aggregated image vectors f of Eqn. 4 (the classifier's input; Fig. 4d's t-SNE)."""
+        del frozen
+        model = self.model
+
+        def one(image):
+            grid = model.apply({"params": params}, image, method=PatchWeightClassifier.features)
+            gh, gw, k = grid.shape
+            a = model.apply({"params": params}, grid, method=PatchWeightClassifier.patch_weights)
+            return aggregate(grid.reshape(gh * gw, k), a.reshape(-1), model.aggregation)
+
+        return jax.vmap(one)(batch["image"])
 
     def explainable(self, variables) -> ExplainableModel:
         v = {"params": variables["params"]}

@@ -1,0 +1,309 @@
+"""Paper A's Table 1 and Fig. 4 (a-d) from finished sweeps (the patch model and the baselines).
+
+    python -m cervix_jax.reports.paper_a OUT_DIR SWEEP_WORKDIR [SWEEP_WORKDIR ...] [--tsne]
+
+Reads every evaluated point of the sweeps (`points/<name>/`, through `cervix_jax.train.rundir`:
+its config, eval metrics and val/test scores), names each point's approach from its config (`approach`), chooses
+Crop-k's k per architecture on validation AUC (the mean over its runs, as the paper chose k on
+validation), and writes into OUT_DIR:
+
+- `table1.md` / `table1.csv`: accuracy, F1, precision, recall, AUC, 1-EER on test at the
+  validation-chosen threshold, mean ± sd over runs, a 95% interval of the mean AUC by resampling
+  runs, and the annotation column (yes for Crop-k and the box crop);
+- `fig4a_metrics.png`: every metric divided by its best approach (the normalised comparison);
+- `fig4b_roc.png`: ROC curves of the annotation-free approaches on one plot (vertical average over
+  runs);
+- `fig4c_scores.png`: predicted-probability distributions per class and approach (all runs);
+- with `--tsne`, `fig4d_tsne.png`: scikit-learn's t-SNE of the aggregated image features (the
+  classifier's input, `task.image_features`) of the test images of each approach's first run,
+  coloured by class.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from cervix_jax.train import rundir
+
+METRICS = ("accuracy", "f1", "precision", "recall", "auc", "one_minus_eer")
+ARCH_NAMES = {"lenet": "LeNet (Vasudha'18)", "caffenet": "CaffeNet (Xu'17)", "vgg16": "VGG16",
+              "inception": "InceptionNet"}
+
+
+def approach(config: dict) -> tuple[str, bool, str]:
+    """(approach name, uses annotation, group key for the k choice) from a point's config.json."""
+    m = config["model"]
+    if m["name"] == "patch":
+        reduction = f", Eqn. 5 {m['spatial_reduction']}" if "spatial_reduction" in m else ""
+        return f"Patch model ({m.get('regulator', 'iterative')} regulator{reduction})", False, ""
+    if m["name"] != "baseline":
+        return m["name"], False, ""
+    arch = ARCH_NAMES.get(m["arch"], m["arch"])
+    if m.get("freeze_blocks"):
+        arch = f"{arch} FZ{m['freeze_blocks']}"
+    if m["crop"] == "center":
+        return f"Crop-k {arch}", True, f"k={m['crop_size']}"
+    if m["crop"] == "box":
+        source = "oracle box" if m.get("box_source", "oracle") == "oracle" else "detector box"
+        return f"Hu'19 analogue, {source}, {arch}", True, ""
+    return arch, False, ""
+
+
+def collect(workdirs) -> list[dict]:
+    """Every finished point of the sweeps: {approach, annotation, k, dir, config, metrics, scores}."""
+    runs = []
+    for wd in workdirs:
+        for point in sorted((Path(wd) / "points").glob("*")):
+            if not rundir.eval_done(point):
+                continue
+            config = rundir.read_config(point)
+            name, annotation, k = approach(config)
+            runs.append({"approach": name, "annotation": annotation, "k": k, "dir": point, "config": config,
+                         "metrics": rundir.read_eval(point),
+                         "scores": {s: rundir.read_scores(point, s) for s in ("val", "test")}})
+    if not runs:
+        raise FileNotFoundError(f"no finished sweep point (points/*/eval/metrics.json) under "
+                                f"{[str(w) for w in workdirs]}")
+    return runs
+
+
+def choose_k(runs: list[dict]) -> list[dict]:
+    """Keeps, per Crop-k approach, the runs of the k with the best mean validation AUC."""
+    by: dict[str, dict[str, list]] = {}
+    for r in runs:
+        if r["k"]:
+            by.setdefault(r["approach"], {}).setdefault(r["k"], []).append(r)
+    keep = [r for r in runs if not r["k"]]
+    for name, ks in by.items():
+        best = max(ks, key=lambda k: np.mean([r["metrics"]["val"]["at_0.5"]["auc"] for r in ks[k]]))
+        keep += [dict(r, approach=f"{name} ({best}, chosen on val)") for r in ks[best]]
+    return keep
+
+
+def run_bootstrap_interval(values, *, rng: np.random.Generator, n_boot: int = 2000) -> tuple[float, float]:
+    """95% percentile interval of the mean of `values` (one per run), resampling runs."""
+    v = np.asarray(values, np.float64)
+    if len(v) < 2:
+        return (float("nan"), float("nan"))
+    means = v[rng.integers(0, len(v), (n_boot, len(v)))].mean(1)
+    return tuple(float(q) for q in np.percentile(means, [2.5, 97.5]))
+
+
+def table1(runs: list[dict], seed: int = 0) -> list[dict]:
+    """One row per approach: mean/sd of METRICS over runs (test at the val threshold), AUC interval."""
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["approach"], []).append(r)
+    rows = []
+    for name, rs in groups.items():
+        row = {"approach": name, "annotation": "yes" if rs[0]["annotation"] else "no", "runs": len(rs)}
+        for m in METRICS:
+            v = np.array([r["metrics"]["test"]["at_val_threshold"][m] for r in rs], np.float64)
+            row[m], row[m + "_sd"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+        row["auc_lo"], row["auc_hi"] = run_bootstrap_interval(
+            [r["metrics"]["test"]["at_val_threshold"]["auc"] for r in rs], rng=rng)
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["annotation"], -r["auc"]))
+
+
+def table1_markdown(rows: list[dict]) -> str:
+    head = ("| approach | annotation | runs | accuracy | F1 | precision | recall | AUC | AUC 95% (runs) "
+            "| 1-EER |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
+    fmt = lambda r, m: f"{r[m]:.3f}" + ("" if np.isnan(r[m + "_sd"]) else f" ± {r[m + '_sd']:.3f}")
+    lines = [f"| {r['approach']} | {r['annotation']} | {r['runs']} | " + " | ".join(
+        fmt(r, m) for m in ("accuracy", "f1", "precision", "recall", "auc"))
+        + f" | [{r['auc_lo']:.3f}, {r['auc_hi']:.3f}] | {fmt(r, 'one_minus_eer')} |" for r in rows]
+    return head + "\n".join(lines) + "\n"
+
+
+def normalised_metrics(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Fig. 4a: each metric's means divided by the best approach's (max over approaches) -> [approaches]."""
+    return {m: np.array([r[m] for r in rows]) / max(max(r[m] for r in rows), 1e-12) for m in METRICS}
+
+
+def mean_roc(runs: list[dict], grid: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Vertical average of the runs' test ROC curves at the FPRs of `grid` -> (fpr, mean tpr)."""
+    from cervix_jax import metrics as M
+    grid = np.linspace(0, 1, 101) if grid is None else grid
+    tprs = []
+    for r in runs:
+        fpr, tpr, _ = M.roc_curve(r["scores"]["test"]["score"], r["scores"]["test"]["label"])
+        tprs.append(np.interp(grid, fpr, tpr))
+    return grid, np.mean(tprs, axis=0)
+
+
+def write_figures(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    names = [r["approach"] for r in rows]
+    norm = normalised_metrics(rows)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(METRICS) * max(1, len(rows)) / 3), 4))
+    width = 0.8 / len(rows)
+    for i, name in enumerate(names):
+        ax.bar(np.arange(len(METRICS)) + i * width, [norm[m][i] for m in METRICS], width, label=name)
+    ax.set_xticks(np.arange(len(METRICS)) + 0.4 - width / 2, METRICS)
+    ax.set_ylabel("metric / best approach's")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "fig4a_metrics.png", dpi=120)
+    plt.close(fig)
+    written.append("fig4a_metrics.png")
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name in names:
+        rs = [r for r in runs if r["approach"] == name]
+        if rs[0]["annotation"]:
+            continue
+        fpr, tpr = mean_roc(rs)
+        auc = np.mean([r["metrics"]["test"]["at_0.5"]["auc"] for r in rs])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate (mean over runs)")
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "fig4b_roc.png", dpi=120)
+    plt.close(fig)
+    written.append("fig4b_roc.png")
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 2.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rs = [r for r in runs if r["approach"] == name]
+        s = np.concatenate([r["scores"]["test"]["score"] for r in rs])
+        y = np.concatenate([r["scores"]["test"]["label"] for r in rs])
+        for c, colour in ((0, "tab:blue"), (1, "tab:red")):
+            ax.hist(s[y == c], bins=np.linspace(0, 1, 21), alpha=0.6, color=colour,
+                    label=("normal" if c == 0 else "dysplasia"))
+        ax.set_title(name, fontsize=7)
+        ax.set_xlabel("P(dysplasia)")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "fig4c_scores.png", dpi=120)
+    plt.close(fig)
+    written.append("fig4c_scores.png")
+    return written
+
+
+def test_features(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(features [n, D], labels [n]) of a run's test images, from its best checkpoint."""
+    import jax
+    import ml_collections as mlc
+
+    from cervix_jax.train.checkpoint import restore
+    from cervix_jax.train.data import local_data
+
+    config = mlc.ConfigDict(rundir.read_config(run_dir))
+    data = local_data(config)
+    run = restore(config, run_dir, data, which="best")
+    task, variables = run.task, run.variables
+    if not hasattr(task, "image_features"):
+        raise TypeError(f"{run_dir}: task {task.name!r} has no image_features")
+    fn = jax.jit(task.image_features)
+    feats, labels = [], []
+    for batch in data.eval["test"].epoch(0):
+        b = jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+        keep = np.asarray(b["weight"]) > 0
+        feats.append(np.asarray(fn(variables["params"], variables["frozen"], b))[keep])
+        labels.append(np.asarray(b["label"])[keep])
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """scikit-learn's t-SNE (2-D) of standardised features; perplexity below the sample count."""
+    from sklearn.manifold import TSNE
+    x = (features - features.mean(0)) / (features.std(0) + 1e-8)
+    perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+
+
+def write_tsne(runs: list[dict], out: Path) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    firsts = {}
+    for r in runs:
+        firsts.setdefault(r["approach"], r)
+    fig, axes = plt.subplots(1, len(firsts), figsize=(3 * len(firsts), 3), squeeze=False)
+    for ax, (name, r) in zip(axes[0], firsts.items()):
+        f, y = test_features(r["dir"])
+        e = tsne_embedding(f)
+        for c, colour in ((0, "tab:blue"), (1, "tab:red")):
+            ax.scatter(e[y == c, 0], e[y == c, 1], s=6, c=colour, label=("normal" if c == 0 else "dysplasia"))
+        ax.set_title(name, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "fig4d_tsne.png", dpi=120)
+    plt.close(fig)
+    return "fig4d_tsne.png"
+
+
+def area_matched_centre_region(area_fraction: float, shape: tuple[int, int]) -> np.ndarray:
+    """The regulator ablation's shape control: the centred ellipse (the image's aspect, i.e. the
+    top level set of the initial centred regulator) covering `area_fraction` of an [h, w] image,
+    as a bool mask: the pixels ranked by ((x - cx) / w)^2 + ((y - cy) / h)^2, the first
+    round(area_fraction h w) kept. A weight map whose above-cut area is a, compared with this
+    region of area a, tells how much of its IoU with the cervix a compact centred blob gets anyway."""
+    h, w = shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    d = ((xs - (w - 1) / 2) / w) ** 2 + ((ys - (h - 1) / 2) / h) ** 2
+    n = int(round(float(np.clip(area_fraction, 0, 1)) * h * w))
+    region = np.zeros(h * w, bool)
+    region[np.argsort(d.ravel(), kind="stable")[:n]] = True
+    return region.reshape(h, w)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else float("nan")
+
+
+def write(config, workdir) -> dict:
+    """The report-registry entry (`config.sweep.reports = (..., "paper_a_table1")`): Table 1 and
+    Fig. 4 a-c of this one sweep, into its workdir. Across sweeps use `write_many` (the CLI)."""
+    del config
+    return write_many(workdir, [workdir])
+
+
+def write_many(out_dir, workdirs, *, tsne: bool = False) -> dict:
+    """Table 1 and Fig. 4 (a-c, and d with tsne) of the points of several sweeps into out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = choose_k(collect(workdirs))
+    rows = table1(runs)
+    (out / "table1.md").write_text(table1_markdown(rows))
+    with (out / "table1.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    written = ["table1.md", "table1.csv"] + write_figures(runs, rows, out)
+    if tsne:
+        written.append(write_tsne(runs, out))
+    return {"out": str(out), "written": written, "rows": rows}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out_dir")
+    p.add_argument("workdirs", nargs="+")
+    p.add_argument("--tsne", action="store_true", help="Fig. 4d (restores a checkpoint per approach)")
+    a = p.parse_args(argv)
+    result = write_many(a.out_dir, a.workdirs, tsne=a.tsne)
+    print(table1_markdown(result["rows"]))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Paper A's Table 1 / Fig. 4 report on fabricated sweep directories, against NumPy and scikit-learn."""
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+from sklearn.neighbors import KNeighborsClassifier
+
+from cervix_jax.reports import paper_a
+
+KEYS = paper_a.METRICS + ("balanced_accuracy",)
+
+
+def _point(root, name, model, rng, val_auc):
+    d = root / "points" / name
+    (d / "eval").mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"model": model, "seed": 0}))
+    m = {k: float(rng.uniform(0.5, 1)) for k in KEYS}
+    (d / "eval" / "metrics.json").write_text(json.dumps(
+        {"val": {"at_0.5": {"auc": val_auc}}, "test": {"at_0.5": m, "at_val_threshold": m}}))
+    for split in ("val", "test"):
+        y = rng.integers(0, 2, 30)
+        y[:2] = (0, 1)
+        s = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.3, 30), 0, 1)
+        (d / "eval" / f"scores_{split}.csv").write_text(
+            "id,label,score\n" + "".join(f"{i},{a},{b:.8g}\n" for i, (a, b) in enumerate(zip(y, s))))
+    return m
+
+
+def test_table1_chooses_k_on_validation_and_averages_runs(tmp_path, rng):
+    free, crop = tmp_path / "free", tmp_path / "crop"
+    base = {"name": "baseline", "arch": "vgg16", "crop": "none", "freeze_blocks": 0}
+    free_m = [_point(free, f"seed={s}", base, rng, 0.7) for s in range(3)]
+    patch_m = [_point(free, f"patch{s}", {"name": "patch", "regulator": "iterative",
+                                                         "spatial_reduction": "sum"}, rng, 0.8)
+               for s in range(2)]
+    val_auc = {48: 0.6, 64: 0.9, 80: 0.7}
+    crop_m = {k: [_point(crop, f"k={k}__seed={s}", dict(base, crop="center", crop_size=k), rng, v + 0.01 * s)
+                  for s in range(2)] for k, v in val_auc.items()}
+    result = paper_a.write_many(tmp_path / "out", [free, crop])
+    rows = {r["approach"]: r for r in result["rows"]}
+    crop_name = "Crop-k VGG16 (k=64, chosen on val)"
+    patch_name = "Patch model (iterative regulator, Eqn. 5 sum)"
+    assert set(rows) == {"VGG16", patch_name, crop_name}
+    for name, ms, annotation in (("VGG16", free_m, "no"), (crop_name, crop_m[64], "yes"),
+                                 (patch_name, patch_m, "no")):
+        r = rows[name]
+        assert r["annotation"] == annotation and r["runs"] == len(ms)
+        for k in paper_a.METRICS:
+            v = np.array([m[k] for m in ms])
+            np.testing.assert_allclose([r[k], r[k + "_sd"]], [v.mean(), v.std(ddof=1)], rtol=1e-12)
+        assert r["auc_lo"] <= r["auc"] <= r["auc_hi"]
+    norm = paper_a.normalised_metrics(result["rows"])
+    for k in paper_a.METRICS:
+        best = max(x[k] for x in result["rows"])
+        np.testing.assert_allclose(norm[k], [r[k] / best for r in result["rows"]])
+    for f in ("table1.md", "table1.csv", "fig4a_metrics.png", "fig4b_roc.png", "fig4c_scores.png"):
+        assert (tmp_path / "out" / f).stat().st_size > 0
+    with pytest.raises(FileNotFoundError, match="no finished sweep point"):
+        paper_a.collect([tmp_path / "empty"])
+
+
+def test_mean_roc_is_the_vertical_average_of_sklearn_curves(rng):
+    runs, grid = [], np.linspace(0, 1, 11)
+    ref = []
+    for _ in range(3):
+        y = rng.integers(0, 2, 40)
+        y[:2] = (0, 1)
+        s = rng.uniform(size=40) + 0.3 * y
+        runs.append({"scores": {"test": {"score": s, "label": y}}})
+        fpr, tpr, _ = skm.roc_curve(y, s)
+        ref.append(np.interp(grid, fpr, tpr))
+    fpr, tpr = paper_a.mean_roc(runs, grid)
+    np.testing.assert_allclose(tpr, np.mean(ref, 0), atol=1e-12)
+
+
+def test_run_bootstrap_interval_covers_the_mean(rng):
+    v = rng.normal(0.8, 0.05, 6)
+    lo, hi = paper_a.run_bootstrap_interval(v, rng=rng)
+    assert lo < v.mean() < hi and hi - lo < 4 * v.std(ddof=1)
+    assert np.isnan(paper_a.run_bootstrap_interval([0.5], rng=rng)[0])
+
+
+def test_tsne_keeps_separated_classes_apart(rng):
+    y = np.repeat([0, 1], 20)
+    x = rng.normal(size=(40, 12)) + 6.0 * y[:, None]
+    e = paper_a.tsne_embedding(x, seed=int(rng.integers(1000)))
+    assert e.shape == (40, 2)
+    acc = KNeighborsClassifier(3).fit(e, y).score(e, y)
+    assert acc == 1.0
+
+
+def test_hierarchical_bootstrap_carries_run_to_run_variance(rng):
+    from cervix_jax import metrics as M
+    shifts = np.array([-0.3, 0.0, 0.3, -0.2, 0.25])           # runs disagree; women within a run agree
+    diffs, groups = [], []
+    for s in shifts:
+        n = int(rng.integers(30, 50))
+        diffs.append(s + rng.normal(0, 0.01, n))
+        groups.append(rng.integers(0, n // 3, n))
+    out = M.hierarchical_bootstrap_diff(diffs, groups, n_boot=500, seed=int(rng.integers(1000)))
+    np.testing.assert_allclose(out["estimate"], np.mean([d.mean() for d in diffs]), rtol=1e-12)
+    np.testing.assert_allclose(out["per_run"], [d.mean() for d in diffs], rtol=1e-12)
+    assert out["low"] < 0 < out["high"] and out["high"] - out["low"] > 0.2
+    # pooling the runs' images as if one run (what a per-image bootstrap does) gives a narrow interval
+    n = sum(map(len, diffs))
+    pooled = M.paired_bootstrap_diff(lambda s, y: s.mean(), np.concatenate(diffs), np.zeros(n),
+                                     np.zeros(n, int),
+                                     np.concatenate([g + 1000 * i for i, g in enumerate(groups)]), n_boot=300)
+    assert pooled["high"] - pooled["low"] < 0.5 * (out["high"] - out["low"])
+    const = M.hierarchical_bootstrap_diff([np.full(5, 0.2)], [np.arange(5)], n_boot=50)
+    assert const["low"] == pytest.approx(0.2) and const["high"] == pytest.approx(0.2)
+
+
+def test_area_matched_centre_region(rng):
+    h, w = int(rng.integers(30, 60)), int(rng.integers(30, 60))
+    frac = float(rng.uniform(0.05, 0.6))
+    region = paper_a.area_matched_centre_region(frac, (h, w))
+    assert region.sum() == round(frac * h * w)
+    ys, xs = np.nonzero(region)                        # centred
+    assert abs(xs.mean() - (w - 1) / 2) < 1.0 and abs(ys.mean() - (h - 1) / 2) < 1.0
+    assert paper_a.iou(region, region) == 1.0
+    other = np.zeros((h, w), bool)
+    other[:2, :2] = True
+    assert paper_a.iou(region, other) == 0.0 or frac > 0.5
+    half = np.zeros((h, w), bool)
+    half[:, : w // 2] = True                           # an ellipse split by the vertical midline
+    np.testing.assert_allclose(paper_a.iou(region & half, region), (region & half).sum() / region.sum())
+
+
+def test_zipped_sweep_key_sets_both_keys():
+    from cervix_jax.train.config import base_config
+    from cervix_jax.train.sweep import grid_points, point_config
+    c = base_config("tiny")
+    c.sweep.grid = (("model.width", (4, 8)), ("seed+data.split_seed", (3, 5)))
+    points = grid_points(c)
+    assert len(points) == 4
+    pc = point_config(c, points[1])
+    assert (pc.model.width, pc.seed, pc.data.split_seed) == (4, 5, 5)
+    c.sweep.grid = (("seed+data.nope", (1,)),)
+    with pytest.raises(KeyError, match="data.nope"):
+        point_config(c, grid_points(c)[0])
