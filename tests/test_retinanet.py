@@ -60,13 +60,19 @@ def test_tiny_retinanet_heads_against_numpy(seed, head_norm, hw):
 
 
 def test_head_init_prior_probability():
+    """The subnets' own initialisation (the backbone's is Flax's default): class bias -log(99), kernels
+    N(0, 0.01), other biases 0."""
+    levels = [jnp.zeros((1, 4, 6, 32)), jnp.zeros((1, 2, 3, 32))]
+    cls = retinanet.Subnet("pyramid_classification", num_anchors=9, outputs_per_anchor=2, width=32, depth=1,
+                           final_bias=-np.log(99.0))
+    v = cls.init(jax.random.PRNGKey(0), levels)["params"]
+    np.testing.assert_allclose(jax.nn.sigmoid(v["pyramid_classification"]["bias"]), 0.01, rtol=1e-5)
+    assert 0.008 < float(jnp.std(v["pyramid_classification_0"]["kernel"])) < 0.012
+    assert float(jnp.abs(v["pyramid_classification_0"]["bias"]).max()) == 0.0
     m = retinanet._RetinaNetTiny()
-    v = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
-    bias = v["params"]["classification_submodel"]["pyramid_classification"]["bias"]
-    np.testing.assert_allclose(jax.nn.sigmoid(bias), 0.01, rtol=1e-5)
-    k = v["params"]["regression_submodel"]["pyramid_regression_0"]["kernel"]
-    assert 0.007 < float(jnp.std(k)) < 0.013
-    assert set(retinanet.backbone_variables(v)["params"]) == {"backbone", "fpn"}
+    shapes = jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+    assert set(retinanet.backbone_variables(shapes)["params"]) == {"backbone", "fpn"}
+    assert m.prior_probability == 0.01
 
 
 def test_batchnorm_trains_and_syncs_over_the_data_axis(seed):
