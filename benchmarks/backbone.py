@@ -46,7 +46,8 @@ def main():
             ours_ips = throughput(ours, jnp.asarray(x), args.reps)
             rmodule = resnet.ResNet50(dtype=jnp.dtype(dtype))
             rvariables = jax.jit(rmodule.init)(jax.random.PRNGKey(0), x[:1])
-            res_ips = throughput(jax.jit(lambda im: rmodule.apply(rvariables, im)["C5"]), jnp.asarray(x), args.reps)
+            res_ips = throughput(jax.jit(lambda im: rmodule.apply(rvariables, im)["C5"]), jnp.asarray(x),
+                                 args.reps)
             keras.config.set_dtype_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
             kmodel = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(h, w, 3))
             kfn = jax.jit(lambda im: kmodel(im, training=False))

@@ -89,10 +89,12 @@ def main():
 
     # float64 reference: the exact ablated pooled vectors (sum - F[y, x]) / n, vectorised
     f64 = features.reshape(n, k).astype(np.float64)
-    ref = np.sum((softmax64(f64.mean(0) @ kernel + bias) - softmax64((f64.sum(0) - f64) / n @ kernel + bias)) ** 2, -1)
+    ablated = softmax64((f64.sum(0) - f64) / n @ kernel + bias)
+    ref = np.sum((softmax64(f64.mean(0) @ kernel + bias) - ablated) ** 2, -1)
 
     def err(got):
-        return np.max(np.abs(np.asarray(got, np.float64).reshape(-1)[:ref.size] - ref[:np.size(got)])) / ref.max()
+        got = np.asarray(got, np.float64).reshape(-1)
+        return np.max(np.abs(got[:ref.size] - ref[:got.size])) / ref.max()
 
     pooled = jax.jit(lambda x: crm_pooled(post, x))
     mem = pooled.lower(f).compile().memory_analysis().temp_size_in_bytes / 2**20
@@ -134,7 +136,8 @@ def main():
                 rows.append((f"Captum FeatureAblation, perturbations_per_eval={ppe}",
                              seconds / cap["ablations"] * n, None,
                              f"torch {cap['torch']} ({cap['threads']} threads), {cap['ablations']} "
-                             f"ablations extrapolated; err vs float64 {err(np.array(cap['values'])):.1e} of max"))
+                             f"ablations extrapolated; err vs float64 "
+                             f"{err(np.array(cap['values'])):.1e} of max"))
     else:
         print(f"(Captum skipped: no {args.captum_python})", file=sys.stderr)
 

@@ -65,7 +65,8 @@ def step_images_per_s(batch: int, pad: tuple[int, int], steps: int) -> tuple[flo
     d = jax.local_device_count()
     images = np.random.default_rng(1).random((d, batch // d, *pad, 3), dtype=np.float32)
     data = {"image": images, "label": np.zeros((d, batch // d), np.int32),
-            "id": np.arange(batch, dtype=np.int32).reshape(d, -1), "weight": np.ones((d, batch // d), np.float32)}
+            "id": np.arange(batch, dtype=np.int32).reshape(d, -1),
+            "weight": np.ones((d, batch // d), np.float32)}
     try:
         from cervix_jax.train.parallel import data_parallel
         from cervix_jax.train.state import create_state, make_optimizer

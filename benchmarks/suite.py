@@ -120,6 +120,7 @@ MODES = {
         synth_hw=(80, 120),
         synth_num=4,
         retina_hw=(64, 96),
+        retina_model={"backbone": "tiny", "width": 8, "feature_size": 16, "head_width": 16, "head_depth": 1},
         retina_batch=1,
         matmul_n=256,
         peer_retina=False,
@@ -150,6 +151,7 @@ MODES = {
         synth_hw=(800, 1200),
         synth_num=12,
         retina_hw=(128, 192),
+        retina_model={"width": 32, "feature_size": 128, "head_width": 128},
         retina_batch=2,
         matmul_n=1024,
         peer_retina=False,
@@ -508,10 +510,23 @@ def _engine_step(task, config, batch_size, hw, rng):
         "label": jnp.asarray(rng.integers(0, 2, (1, batch_size)), jnp.int32),
         "id": jnp.arange(batch_size, dtype=jnp.int32)[None],
         "weight": jnp.ones((1, batch_size), jnp.float32),
+        "cervix_mask": _boxes_mask(rng, batch_size, hw)[None],  # the RetinaNet task's ground truth
     }
     per_device = functools.partial(train_step, task=task, optimizer=optimizer)
     step = jax.vmap(per_device, axis_name=AXIS, in_axes=(None, None, 0), out_axes=None)
     return step, (state, frozen, data)
+
+
+def _boxes_mask(rng, batch_size, hw):
+    """bool [b, H, W]: one random rectangle per image (a cervix mask for the detector's box)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    masks = np.zeros((batch_size, *hw), bool)
+    for i in range(batch_size):
+        y, x = rng.integers(0, hw[0] // 2), rng.integers(0, hw[1] // 2)
+        masks[i, y : y + hw[0] // 3, x : x + hw[1] // 3] = True
+    return jnp.asarray(masks)
 
 
 def bench_pyramid_step(cfg, device):
@@ -592,105 +607,47 @@ def bench_patch_step(cfg, device):
 
 
 def bench_retinanet_step(cfg, device, torch_python):
-    """Stage-1 RetinaNet train step when this checkout has one; torchvision's as the GPU peer."""
+    """Stage-1 RetinaNet train step through the engine when this checkout has the "retinanet" task;
+    torchvision's retinanet_resnet50_fpn train step (bf16 autocast) as the GPU peer."""
+    import importlib.util
+
     import numpy as np
 
     rows = []
     b, hw = cfg["retina_batch"], cfg["retina_hw"]
-    peer = (
-        _torch_peer(
-            torch_python,
-            ["retinanet", "--batch", str(b), "--hw", f"{hw[0]}x{hw[1]}", "--reps", str(cfg["reps"])],
-            timeout=cfg["timeout"] // 2,
-        )
-        if (cfg["peer_retina"] and device["platform"] == "gpu")
-        else "GPU-only peer (torchvision bf16 autocast)"
-    )
-    try:
-        from configs.retinanet import get_config
-
-        from cervix_jax.train import task_retinanet  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        rows.append(
-            row(
-                "retinanet_step",
-                "RetinaNet stage-1 train step",
-                status="skipped",
-                reason=f"no RetinaNet in this checkout ({type(e).__name__}: {e})"[:200],
-            )
-        )
+    if cfg["peer_retina"] and device["platform"] == "gpu":
+        args = ["retinanet", "--batch", str(b), "--hw", f"{hw[0]}x{hw[1]}", "--reps", str(cfg["reps"])]
+        peer = _torch_peer(torch_python, args, timeout=cfg["timeout"] // 2)
     else:
-        import jax
-        import jax.numpy as jnp
-        import optax
+        peer = "GPU-only peer (torchvision bf16 autocast)"
+    config_file = ROOT / "configs" / "retinanet.py"
+    if importlib.util.find_spec("cervix_jax.train.task_retinanet") is None or not config_file.exists():
+        rows.append(row("retinanet_step", "RetinaNet stage-1 train step", status="skipped",
+                        reason="no RetinaNet in this checkout (cervix_jax/train/task_retinanet.py, "
+                               "configs/retinanet.py)"))
+    else:
+        from configs.retinanet import get_config
+        from cervix_jax.train.task import make_task
 
         for dtype in cfg["dtypes"]:
-            variant = (
-                "full"
-                if cfg["retina_hw"] == (800, 1200)
-                else ("cpu" if cfg["retina_hw"][0] >= 128 else "runlocal")
-            )
-            c = get_config("" if variant == "full" else variant)
-            c.model.dtype = dtype
+            c = get_config("")
             c.data.pad_to = tuple(hw)
-            task = task_retinanet.make(c.model)
-            rng = np.random.default_rng(0)
-            masks = np.zeros((b, *hw), bool)
-            for i in range(b):
-                y, x = rng.integers(0, hw[0] // 2), rng.integers(0, hw[1] // 2)
-                masks[i, y : y + hw[0] // 3, x : x + hw[1] // 3] = True
-            batch = {
-                "image": _images(rng, b, hw),
-                "label": jnp.asarray(rng.integers(0, 2, b), jnp.int32),
-                "weight": jnp.ones(b, jnp.float32),
-                "cervix_mask": jnp.asarray(masks),
-            }
-            params = task.init(jax.random.PRNGKey(0), (*hw, 3))["params"]
-            tx = optax.adam(float(c.train.lr))
-
-            def step(params, opt, batch, task=task, tx=tx):
-                (loss, aux), grads = jax.value_and_grad(
-                    lambda q: task.loss(q, {}, batch, None, None, net=task.net), has_aux=True
-                )(params)
-                updates, opt = tx.update(grads, opt, params)
-                return {**optax.apply_updates(params, updates), **aux["set_params"]}, opt, loss
-
-            rows.append(
-                timed_row(
-                    "retinanet_step",
-                    "RetinaNet stage-1 train step (R50-FPN, Adam)",
-                    step,
-                    (params, tx.init(params), batch),
-                    batch=b,
-                    hw=hw,
-                    dtype=dtype,
-                    reps=cfg["reps"],
-                    device=device,
-                    donate=(0, 1),
-                )
-            )
+            c.model.dtype = dtype
+            for key, value in cfg.get("retina_model", {}).items():
+                c.model[key] = value
+            step, args = _engine_step(make_task(c), c, b, hw, np.random.default_rng(0))
+            rows.append(timed_row("retinanet_step", f"RetinaNet stage-1 train step ({c.model.backbone}-FPN)",
+                                  step, args, batch=b, hw=hw, dtype=dtype, reps=cfg["reps"], device=device,
+                                  donate=(0,)))
     for r in rows:
-        _attach_peer(
-            r,
-            peer,
-            "torchvision retinanet_resnet50_fpn train step, bf16 autocast",
-            "images/s, ours / torchvision (target >= 1.5 on the GPU)",
-        )
+        _attach_peer(r, peer, "torchvision retinanet_resnet50_fpn train step, bf16 autocast",
+                     "images/s, ours / torchvision (target >= 1.5 on the GPU)")
     if isinstance(peer, dict):
-        rows.append(
-            row(
-                "retinanet_step",
-                "torchvision retinanet_resnet50_fpn train step (peer)",
-                batch=b,
-                image_hw=list(hw),
-                dtype="bfloat16 autocast",
-                images_per_s=peer["images_per_s"],
-                ms=peer["ms"],
-                allocator_peak_bytes=peer.get("peak_bytes"),
-                memory_source="torch.cuda.max_memory_allocated" if peer.get("peak_bytes") else None,
-                note=f"torch {peer.get('torch')}, torchvision {peer.get('torchvision')}",
-            )
-        )
+        rows.append(row("retinanet_step", "torchvision retinanet_resnet50_fpn train step (peer)", batch=b,
+                        image_hw=list(hw), dtype="bfloat16 autocast", images_per_s=peer["images_per_s"],
+                        ms=peer["ms"], allocator_peak_bytes=peer.get("peak_bytes"),
+                        memory_source="torch.cuda.max_memory_allocated" if peer.get("peak_bytes") else None,
+                        note=f"torch {peer.get('torch')}, torchvision {peer.get('torchvision')}"))
     return rows
 
 

@@ -15,7 +15,8 @@ def _as_inputs(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, np.float64)
     labels = np.asarray(labels)
     if scores.ndim != 1 or labels.shape != scores.shape:
-        raise ValueError(f"metrics: expected scores [N] and labels [N], got {scores.shape} and {labels.shape}")
+        raise ValueError(f"metrics: expected scores [N] and labels [N], got {scores.shape} and "
+                         f"{labels.shape}")
     if not np.isin(labels, (0, 1)).all():
         raise ValueError(f"metrics: labels must be 0/1, found values {np.unique(labels)[:10].tolist()}")
     if not np.isfinite(scores).all():

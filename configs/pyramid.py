@@ -20,6 +20,10 @@
         GPU-sized (synthetic_cervix/paper_b: 1,033 images at 800x1200, lr 1e-6); not run here
     python launch.py sweep --config configs/pyramid.py:sweep,runlocal --workdir /tmp/pyr_sweep  # tiny, ~45 s
 
+Stage 2 on a stage-1 RetinaNet trained here (configs/retinanet.py): `--config.model.backbone_checkpoint=
+<its workdir>` (its best checkpoint's backbone + FPN; the architecture comes from that run's config). Without
+the key the same architecture stays random-initialised: the control arm.
+
 No pretrained weights can be downloaded here: without `--config.model.backbone_checkpoint=DIR` (made
 by `python -m cervix_jax.convert.cli`, which prints the matching --config.model.* flags) the backbone is
 random-initialised (the same for every seed).

@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WHEELS=${WHEELS:-wheels}
+SITE=${SITE:-/tmp/site}
 # The wheels the device image lacks (names as on PyPI; versions are whatever `--fetch` got, one each).
 PACKAGES="tensorflow-datasets ml_collections array_record tensorboardX dm-tree immutabledict simple_parsing
 docstring-parser tensorflow-metadata googleapis-common-protos==1.70.0 termcolor toml importlib_resources
@@ -34,9 +35,9 @@ if [[ ! -d "$WHEELS" ]]; then
   exit 2
 fi
 t0=$(date +%s)
-"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
-export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . \
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" . \
   || echo "device_setup: installing the project failed; running it from the source tree (PYTHONPATH)" >&2
 export KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
 "$PY" - <<'EOF'

@@ -59,8 +59,8 @@ def test_paper_configs_declared():
     assert (b["paper_b"].synthetic.width, b["paper_b"].synthetic.height) == (1200, 800)
     assert (b["paper_b"].synthetic.num_images, b["paper_b"].synthetic.num_positive) == (1033, 304)
     assert b["paper_b"].synthetic.label == "treatability"
-    assert (b["paper_a"].synthetic.height, b["paper_a"].synthetic.width, b["paper_a"].synthetic.num_images) == (
-        1176, 1176, 978)
+    a = b["paper_a"].synthetic
+    assert (a.height, a.width, a.num_images) == (1176, 1176, 978)
     assert b["paper_a"].synthetic.label == "dysplasia"
     assert (b["paper_a"].synthetic.placement, b["paper_b"].synthetic.placement) == ("centred", "anywhere")
     assert b["evidence"].synthetic.placement == "off_centre"

@@ -49,7 +49,8 @@ def assert_bitwise_equal(a, b):
     assert len(la) == len(lb) > 0
     for x, y in zip(la, lb):
         assert x.dtype == y.dtype and x.shape == y.shape
-        assert np.array_equal(np.atleast_1d(x).view(np.uint8), np.atleast_1d(y).view(np.uint8)), "resumed run differs bitwise"
+        assert np.array_equal(np.atleast_1d(x).view(np.uint8), np.atleast_1d(y).view(np.uint8)), \
+            "resumed run differs bitwise"
 
 
 @pytest.fixture(scope="module")

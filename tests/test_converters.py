@@ -192,7 +192,8 @@ def test_keras_applications_resnet50_matches_keras(keras_resnet):
 
 def _keras_retinanet_layers(stem_v01: bool, with_fpn: bool):
     """keras-resnet ResNet50 (+ keras-retinanet FPN) layer names, in model order, and torch sources."""
-    names = ["input_1"] + (["padding_conv1"] if stem_v01 else []) + ["conv1", "bn_conv1", "conv1_relu", "pool1"]
+    names = (["input_1"] + (["padding_conv1"] if stem_v01 else [])
+             + ["conv1", "bn_conv1", "conv1_relu", "pool1"])
     torch_of = {"conv1": "backbone.body.conv1", "bn_conv1": "backbone.body.bn1"}
     for stage, blocks in zip(range(2, 6), (3, 4, 6, 3)):
         for b in range(blocks):
@@ -202,12 +203,14 @@ def _keras_retinanet_layers(stem_v01: bool, with_fpn: bool):
                 if branch == "2b":
                     names.append(f"padding{blk}_branch2b")
                 names += [f"res{blk}_branch{branch}", f"bn{blk}_branch{branch}"]
-                torch_of[f"res{blk}_branch{branch}"], torch_of[f"bn{blk}_branch{branch}"] = f"{t}.{conv}", f"{t}.{bn}"
+                torch_of[f"res{blk}_branch{branch}"] = f"{t}.{conv}"
+                torch_of[f"bn{blk}_branch{branch}"] = f"{t}.{bn}"
                 if branch != "2c":
                     names.append(f"res{blk}_branch{branch}_relu")
             if b == 0:
                 names += [f"res{blk}_branch1", f"bn{blk}_branch1"]
-                torch_of[f"res{blk}_branch1"], torch_of[f"bn{blk}_branch1"] = f"{t}.downsample.0", f"{t}.downsample.1"
+                torch_of[f"res{blk}_branch1"] = f"{t}.downsample.0"
+                torch_of[f"bn{blk}_branch1"] = f"{t}.downsample.1"
             names += [f"res{blk}", f"res{blk}_relu"]
     if with_fpn:
         names += ["C5_reduced", "P5_upsampled", "C4_reduced", "P4_merged", "P4_upsampled", "C3_reduced",
@@ -235,7 +238,8 @@ def write_keras_retinanet_h5(path, sd, *, stem_v01=False, with_fpn=True, heads_s
                 t = torch_of[name]
                 if name.startswith("bn"):
                     weights = {"gamma": sd[f"{t}.weight"], "beta": sd[f"{t}.bias"],
-                               "moving_mean": sd[f"{t}.running_mean"], "moving_variance": sd[f"{t}.running_var"]}
+                               "moving_mean": sd[f"{t}.running_mean"],
+                               "moving_variance": sd[f"{t}.running_var"]}
                 else:
                     weights = {"kernel": sd[f"{t}.weight"].transpose(2, 3, 1, 0)}
                     if f"{t}.bias" in sd:
@@ -249,10 +253,12 @@ def write_keras_retinanet_h5(path, sd, *, stem_v01=False, with_fpn=True, heads_s
                 sources[f"pyramid_{kind}"] = final
                 weights = {f"{k}/{slot}:0": heads_sd[f"{t}.{tslot}"].transpose(2, 3, 1, 0) if slot == "kernel"
                            else heads_sd[f"{t}.{tslot}"]
-                           for k, t in sources.items() for slot, tslot in (("kernel", "weight"), ("bias", "bias"))}
+                           for k, t in sources.items()
+                           for slot, tslot in (("kernel", "weight"), ("bias", "bias"))}
             elif name.endswith("_submodel"):     # nested detection head
                 kind = name.split("_")[0]
-                weights = {f"pyramid_{kind}_{i}/{s}:0": rng.normal(size=(3, 3, 256, 256) if s == "kernel" else (256,))
+                weights = {f"pyramid_{kind}_{i}/{s}:0":
+                           rng.normal(size=(3, 3, 256, 256) if s == "kernel" else (256,))
                            for i in range(2) for s in ("kernel", "bias")}
             lg.attrs["weight_names"] = np.array([k.encode() for k in weights])
             for k, v in weights.items():

@@ -154,8 +154,8 @@ def test_targets_and_loss_against_numpy(rng):
     valid = np.array([[True, True, False], [True, False, False]])
     gt[~valid] = 0
     labels = rng.integers(0, C, (2, 3))
-    targets = jax.jit(lambda an, g, lab, v, hw: det.detection_targets(an, g, lab, v, C, box_style="torchvision",
-                                                                   valid_hw=hw))
+    targets = jax.jit(lambda an, g, lab, v, hw: det.detection_targets(
+        an, g, lab, v, C, box_style="torchvision", valid_hw=hw))
     valid_hw = jnp.asarray([[63, 95], [61, 83]], jnp.float32)      # no anchor centre on an edge
     t = targets(anchors.astype(np.float32), gt, labels, valid, valid_hw)
     logits = rng.normal(0, 2, (2, A, C)).astype(np.float32)

@@ -97,7 +97,8 @@ def test_metrics_and_heatmaps_ignore_the_padding(rng):
     assert float(got[0]) == pytest.approx(np.mean(heat[v] >= t))
     y, x = np.unravel_index(np.argmax(np.where(v, heat, -1)), (H, W))
     assert float(got[1]) == float(mask[y, x] > 0)
-    ref = jaccard_score(mask[v].ravel() > 0, heat[v].ravel() >= t) if (mask[v].any() or (heat[v] >= t).any()) else np.nan
+    any_kept = mask[v].any() or (heat[v] >= t).any()
+    ref = jaccard_score(mask[v].ravel() > 0, heat[v].ravel() >= t) if any_kept else np.nan
     assert float(got[2]) == pytest.approx(ref, rel=1e-6)
     # deletion / insertion: only the h*w image pixels are ordered and replaced
     jax_fn, np_fn = tiny_score(rng)
@@ -115,7 +116,8 @@ def test_metrics_and_heatmaps_ignore_the_padding(rng):
     np.testing.assert_allclose(curve, ref_curve, rtol=1e-5)
     assert float(auc) == pytest.approx(ref_auc, rel=1e-5)
     # insertion starts from the blur of the image pixels alone (normalised convolution)
-    num = ndimage.gaussian_filter(img.astype(np.float64) * v[..., None], (5, 5, 0), mode="mirror", truncate=3.0)
+    num = ndimage.gaussian_filter(img.astype(np.float64) * v[..., None], (5, 5, 0), mode="mirror",
+                                  truncate=3.0)
     den = ndimage.gaussian_filter(v.astype(np.float64), 5, mode="mirror", truncate=3.0)
     blur = num / den[..., None]
     np.testing.assert_allclose(np.asarray(ev.blurred(img, valid=valid))[v], blur[v], rtol=1e-4, atol=1e-6)
@@ -123,7 +125,8 @@ def test_metrics_and_heatmaps_ignore_the_padding(rng):
     ref_curve, ref_auc = numpy_curve(np_full, sub(blur), sub(img), sub(heat), steps)
     np.testing.assert_allclose(curve, ref_curve, rtol=1e-4)
     # heatmap: the max over the feature cells holding image pixels, 0 on the padding
-    raw = rng.uniform(0, 1, size=(3, 5)).astype(np.float32)    # 4x2-pixel cells; rows 0-1 and cols 0-2 hold pixels
+    # 4x2-pixel cells; rows 0-1 and cols 0-2 hold pixels
+    raw = rng.uniform(0, 1, size=(3, 5)).astype(np.float32)
     raw[2, 4] = 5.0                                              # a cell of padding only
     keep = np.zeros((3, 5), bool)
     keep[:2, :3] = True
@@ -131,4 +134,5 @@ def test_metrics_and_heatmaps_ignore_the_padding(rng):
     up = np.asarray(Image.fromarray(norm, mode="F").resize((W, H), Image.BILINEAR))
     got = np.asarray(postprocess.heatmap(raw, (H, W), valid=valid))
     np.testing.assert_allclose(got, np.where(v, up, 0), rtol=1e-5, atol=1e-6)
-    assert np.asarray(postprocess.heatmap(raw, (H, W)))[v].max() < 0.5 * got[v].max()   # unmasked: padding wins
+    # unmasked: the padding wins
+    assert np.asarray(postprocess.heatmap(raw, (H, W)))[v].max() < 0.5 * got[v].max()

@@ -153,7 +153,8 @@ def test_padding_ignored_and_nonfinite_inputs_flagged(tmp_path, rng):
     png = np.asarray(Image.open(out / padded["maps"]["crm"])).astype(int)
     assert np.abs(png - np.round(np.clip(up, 0, 1) * 255)).max() <= 1
     assert png[valid == 0].max() == 0
-    assert padded["metrics"]["crm"]["roi_area"] == pytest.approx(np.mean(up[valid > 0] >= 0.2), abs=2 / (h * w))
+    assert padded["metrics"]["crm"]["roi_area"] == pytest.approx(np.mean(up[valid > 0] >= 0.2),
+                                                                 abs=2 / (h * w))
     # the table averages the finite examples only
     assert table["crm"]["roi_area"] == pytest.approx(
         np.mean([padded["metrics"]["crm"]["roi_area"], full["metrics"]["crm"]["roi_area"]]), rel=1e-6)

@@ -7,7 +7,7 @@
 - paper B's head with `make demo`'s other config (`configs/demo.py`, tiny backbone) through `sweep`'s fast
   path over two blur levels (train/val identical, test differs), then `eval`/`explain` on a sweep point
   (refused without --out; with --out, evaluated from the point's head.npz, the point untouched);
-- `train` refused on a config change and while another writer holds the workdir;
+- `train` refused on a config change and while another writer holds the workdir; `report` on the sweep;
 - `review` started, a page and the items fetched over 127.0.0.1, a second server refused, stopped;
   `review-summary`.
 Subprocesses share a JAX compilation cache, so later ones reuse what earlier ones compiled."""
@@ -228,3 +228,14 @@ def test_review_serves_the_explain_output_and_is_one_per_workdir(patch_run, env)
     assert not (wd / "review" / ".lock").exists()
     p = ok(launch(env, "review-summary", "--workdir", wd, timeout=120))
     assert (wd / "review" / "summary.md").exists() and "summary" in p.stdout
+
+
+def test_report_rewrites_the_sweep_reports_and_nothing_else(sweep_run, data_dir, env):
+    wd, _ = sweep_run
+    summary = (wd / "summary.md").read_text()
+    (wd / "summary.md").unlink()
+    config = (wd / "config.json").read_bytes()
+    ok(launch(env, "report", "--config", "configs/demo.py", "--workdir", wd, *SMOKE,
+              f"--config.data.data_dir={data_dir}", "--config.model.backbone=tiny",
+              "--config.sweep.trainer=cached_heads", "--config.sweep.grid=((\"data.blur\", (0, 3)),)"))
+    assert (wd / "summary.md").read_text() == summary and (wd / "config.json").read_bytes() == config

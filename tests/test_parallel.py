@@ -33,7 +33,8 @@ _STEPS = textwrap.dedent("""
     out = {}
     s0, frozen = create_state(task, opt, seed=3, image_shape=(10, 10, 3), num_examples=N)
     for wrapper in ("pmap", "shard_map"):
-        step = data_parallel(functools.partial(train_step, task=task, optimizer=opt), wrapper, num_replicated=2)
+        step = data_parallel(functools.partial(train_step, task=task, optimizer=opt), wrapper,
+                             num_replicated=2)
         s = s0
         for b in batches:
             s, m = step(s, frozen, {k: v.reshape(D, B // D, *v.shape[1:]) for k, v in b.items()})

@@ -51,7 +51,8 @@ def test_normalize_matches_keras_preprocess_input():
     image = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
     np.testing.assert_allclose(normalize(image, "unit"), image / 255.0, rtol=1e-6)
     for mode in ("caffe", "torch"):
-        ref = imagenet_utils.preprocess_input(image.astype(np.float64), mode=mode, data_format="channels_last")
+        ref = imagenet_utils.preprocess_input(image.astype(np.float64), mode=mode,
+                                              data_format="channels_last")
         np.testing.assert_allclose(normalize(image, mode), np.asarray(ref), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="data.normalization"):
         normalize(image, "tf")
@@ -176,7 +177,8 @@ def test_process_slices_concatenate_to_the_single_process_batch(drop_remainder):
         for key in whole:
             assert parts[0][step][key].shape[:2] == (2, 2)
             flat = [part[step][key].reshape((-1,) + whole[key].shape[2:]) for part in parts]
-            np.testing.assert_array_equal(np.concatenate(flat), whole[key].reshape((-1,) + whole[key].shape[2:]))
+            np.testing.assert_array_equal(np.concatenate(flat),
+                                          whole[key].reshape((-1,) + whole[key].shape[2:]))
 
 
 def test_loader_with_preprocess_and_masks_gives_the_documented_batch():

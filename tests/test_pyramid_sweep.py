@@ -50,7 +50,8 @@ def tiny_sweep_config(fast: bool):
 
 # The ordinary path (one `train` + `evaluate` per point, as `config.sweep.trainer=loop` runs them) on
 # two of the four points: both heads, both seeds.
-ORDINARY = ({"model.levels": "p3", "seed": 1, "data.blur": 0}, {"model.levels": "p3p6p7", "seed": 0, "data.blur": 0})
+ORDINARY = ({"model.levels": "p3", "seed": 1, "data.blur": 0},
+            {"model.levels": "p3p6p7", "seed": 0, "data.blur": 0})
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +190,8 @@ def test_both_trainers_read_back_through_rundir(runs):
             tb = events(workdir)["val/val_auc"]
             assert [s for s, _ in tb] == [r["step"] for r in val]
             np.testing.assert_allclose([v for _, v in tb], [r["val_auc"] for r in val], rtol=1e-6)
-        assert rundir.read_config(fast) == json.loads(point_config(tiny_sweep_config(True), p).to_json_best_effort())
+        written = point_config(tiny_sweep_config(True), p).to_json_best_effort()
+        assert rundir.read_config(fast) == json.loads(written)
         head = rundir.read_head(fast)
         assert head["step"] == rundir.read_eval(fast)["checkpoint_step"]
         assert head["levels"] == pyramid.parse_levels(p["model.levels"])

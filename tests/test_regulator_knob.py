@@ -87,7 +87,8 @@ def test_minmax_ignores_the_floor_and_a_flat_map_keeps_the_previous_regulator():
     flat = jnp.full((4, 6), 0.5, jnp.float32)
     from cervix_jax import regulator
     mu, cov, valid = regulator.refit(jnp.asarray(prev_mu, jnp.float32), jnp.asarray(prev_cov, jnp.float32),
-                                     task_patch.refit_weights(flat, "minmax"), eps_w=EPS_W, eig_floor=EIG_FLOOR)
+                                     task_patch.refit_weights(flat, "minmax"), eps_w=EPS_W,
+                                     eig_floor=EIG_FLOOR)
     assert not bool(valid)
     np.testing.assert_allclose(mu, prev_mu)
     np.testing.assert_allclose(cov, prev_cov)

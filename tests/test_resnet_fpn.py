@@ -33,7 +33,8 @@ def np_resnet_fpn(v, x, m: fpn.ResNetFPN):
     else:
         pad = ((3, 3), (3, 3))
     y = relu(np_bn(np_conv(x, P["conv1"], 2, pad), P["bn_conv1"], S["bn_conv1"], m.bn_eps))
-    ppad = ((1, 1), (1, 1)) if m.stem == "symmetric" else (tf_same(y.shape[1], 3, 2), tf_same(y.shape[2], 3, 2))
+    ppad = (((1, 1), (1, 1)) if m.stem == "symmetric"
+            else (tf_same(y.shape[1], 3, 2), tf_same(y.shape[2], 3, 2)))
     y = np.pad(y, ((0, 0), *ppad, (0, 0)), constant_values=-np.inf)
     y = np.lib.stride_tricks.sliding_window_view(y, (3, 3), axis=(1, 2))[:, ::2, ::2].max((-1, -2))
     c = {}
@@ -42,10 +43,13 @@ def np_resnet_fpn(v, x, m: fpn.ResNetFPN):
         p, s = P[name], S[name]
         stride = 1 if stage == 2 else 2
         sa, sb = (stride, 1) if m.style == "caffe" else (1, stride)
-        z = relu(np_bn(np_conv(y, p["branch2a"], sa, ((0, 0), (0, 0))), p["bn_branch2a"], s["bn_branch2a"], m.bn_eps))
-        z = relu(np_bn(np_conv(z, p["branch2b"], sb, ((1, 1), (1, 1))), p["bn_branch2b"], s["bn_branch2b"], m.bn_eps))
-        z = np_bn(np_conv(z, p["branch2c"], 1, ((0, 0), (0, 0))), p["bn_branch2c"], s["bn_branch2c"], m.bn_eps)
-        sc = np_bn(np_conv(y, p["branch1"], stride, ((0, 0), (0, 0))), p["bn_branch1"], s["bn_branch1"], m.bn_eps)
+        def conv_bn(x, branch, stride_, pad_):
+            return np_bn(np_conv(x, p[branch], stride_, pad_), p[f"bn_{branch}"], s[f"bn_{branch}"], m.bn_eps)
+
+        z = relu(conv_bn(y, "branch2a", sa, ((0, 0), (0, 0))))
+        z = relu(conv_bn(z, "branch2b", sb, ((1, 1), (1, 1))))
+        z = conv_bn(z, "branch2c", 1, ((0, 0), (0, 0)))
+        sc = conv_bn(y, "branch1", stride, ((0, 0), (0, 0)))
         y = c[f"C{stage}"] = relu(z + sc)
     F = v["params"]["fpn"]
     up = lambda a, ref: a[:, [i * a.shape[1] // ref.shape[1] for i in range(ref.shape[1])]][
@@ -56,7 +60,8 @@ def np_resnet_fpn(v, x, m: fpn.ResNetFPN):
     p3m = np_conv(c["C3"], F["C3_reduced"], 1, one) + up(p4m, c["C3"])
     out = {"P3": np_conv(p3m, F["P3"], 1, three), "P4": np_conv(p4m, F["P4"], 1, three),
            "P5": np_conv(c5r, F["P5"], 1, three)}
-    s2 = lambda a: three if m.style == "torchvision" else (tf_same(a.shape[1], 3, 2), tf_same(a.shape[2], 3, 2))
+    s2 = lambda a: (three if m.style == "torchvision"
+                    else (tf_same(a.shape[1], 3, 2), tf_same(a.shape[2], 3, 2)))
     src = c["C5"] if m.p6_from == "C5" else out["P5"]
     out["P6"] = np_conv(src, F["P6"], 2, s2(src))
     out["P7"] = np_conv(relu(out["P6"]), F["P7"], 2, s2(out["P6"]))

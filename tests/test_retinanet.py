@@ -9,6 +9,16 @@ from cervix_jax import detection as det
 from cervix_jax.models import retinanet
 
 
+def random_variables(module, x, seed):
+    """Variables of `module` filled with NumPy draws (no jitted init: threefry compiles slowly on CPU):
+    kernels N(0, 1/fan_in), then `randomize` (BatchNorm statistics, scales, biases)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
+    fill = lambda s: rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape) if len(s.shape) > 1 \
+        else np.zeros(s.shape)
+    return randomize(jax.tree.map(lambda s: jnp.asarray(fill(s), jnp.float32), shapes), seed + 1)
+
+
 def np_group_norm(x, p, groups=32, eps=1e-5):
     n, h, w, c = x.shape
     g = x.reshape(n, h, w, groups, c // groups)
@@ -35,7 +45,7 @@ def test_tiny_retinanet_heads_against_numpy(seed, head_norm, hw):
     m = retinanet._RetinaNetTiny(head_norm=head_norm, head_width=width, head_depth=2, num_classes=3)
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(2, *hw, 3)).astype(np.float32)
-    variables = randomize(jax.jit(m.init)(jax.random.PRNGKey(seed), x[:1]), seed + 1)
+    variables = random_variables(m, x[:1], seed)
     with jax.default_matmul_precision("highest"):
         got = jax.jit(m.apply)(variables, x)
     v64 = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
@@ -50,13 +60,19 @@ def test_tiny_retinanet_heads_against_numpy(seed, head_norm, hw):
 
 
 def test_head_init_prior_probability():
+    """The subnets' own initialisation (the backbone's is Flax's default): class bias -log(99), kernels
+    N(0, 0.01), other biases 0."""
+    levels = [jnp.zeros((1, 4, 6, 32)), jnp.zeros((1, 2, 3, 32))]
+    cls = retinanet.Subnet("pyramid_classification", num_anchors=9, outputs_per_anchor=2, width=32, depth=1,
+                           final_bias=-np.log(99.0))
+    v = cls.init(jax.random.PRNGKey(0), levels)["params"]
+    np.testing.assert_allclose(jax.nn.sigmoid(v["pyramid_classification"]["bias"]), 0.01, rtol=1e-5)
+    assert 0.008 < float(jnp.std(v["pyramid_classification_0"]["kernel"])) < 0.012
+    assert float(jnp.abs(v["pyramid_classification_0"]["bias"]).max()) == 0.0
     m = retinanet._RetinaNetTiny()
-    v = jax.jit(m.init)(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
-    bias = v["params"]["classification_submodel"]["pyramid_classification"]["bias"]
-    np.testing.assert_allclose(jax.nn.sigmoid(bias), 0.01, rtol=1e-5)
-    k = v["params"]["regression_submodel"]["pyramid_regression_0"]["kernel"]
-    assert 0.007 < float(jnp.std(k)) < 0.013
-    assert set(retinanet.backbone_variables(v)["params"]) == {"backbone", "fpn"}
+    shapes = jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+    assert set(retinanet.backbone_variables(shapes)["params"]) == {"backbone", "fpn"}
+    assert m.prior_probability == 0.01
 
 
 def test_batchnorm_trains_and_syncs_over_the_data_axis(seed):
@@ -65,7 +81,7 @@ def test_batchnorm_trains_and_syncs_over_the_data_axis(seed):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(2, 32, 48, 3)).astype(np.float32)
     m = retinanet._RetinaNetTiny(bn_axis_name="batch")
-    variables = randomize(jax.jit(m.init)(jax.random.PRNGKey(seed), x[:1]), seed + 1)
+    variables = random_variables(m, x[:1], seed)
     with jax.default_matmul_precision("highest"):
         step = jax.jit(jax.vmap(lambda v, a: m.apply(v, a, train=True, mutable=["batch_stats"]),
                                 in_axes=(None, 0), axis_name="batch"))

@@ -64,7 +64,8 @@ def write_workdir(root, *, n=8, size=48, seed=0, split="test", n_wrong=2, class_
         item = {"id": image_id, "label": label, "score": score, "pred": pred, "correct": correct,
                 "image": f"images/{image_id}.png", "maps": {}, "overlays": {}, "metrics": {}}
         for m in METHODS:
-            Image.fromarray(heatmap(rng, size, lesion), "L").save(os.path.join(base, "maps", m, f"{image_id}.png"))
+            Image.fromarray(heatmap(rng, size, lesion), "L").save(
+                os.path.join(base, "maps", m, f"{image_id}.png"))
             img.save(os.path.join(base, "overlays", m, f"{image_id}.png"))
             item["maps"][m] = f"maps/{m}/{image_id}.png"
             item["overlays"][m] = f"overlays/{m}/{image_id}.png"
@@ -106,7 +107,8 @@ class Running:
     def post(self, body, content_type="application/json"):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         return self.raw(b"POST /api/rating HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                        + f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+                        + f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                        + data)
 
     def close(self):
         self.server.shutdown()
@@ -265,7 +267,8 @@ def test_two_reviewers_resume_and_last_answer(workdir, running):
     state = json.loads(srv.get("/api/items?reviewer=alice")[1])
     assert state["done"] == ["102"]
     assert state["answers"]["102"]["panels"] == {"0": "out_of_roi", "1": "out_of_roi"}
-    assert srv.post({"reviewer": "alice", "image": 106, "kind": "referral", "answer": ["tz3", "fornix"]})[0] == 200
+    referral = {"reviewer": "alice", "image": 106, "kind": "referral", "answer": ["tz3", "fornix"]}
+    assert srv.post(referral)[0] == 200
     assert json.loads(srv.get("/api/items?reviewer=alice")[1])["done"] == ["102", "106"]
     assert json.loads(srv.get("/api/items?reviewer=bob")[1])["done"] == ["102"]
     assert len(read_lines(workdir, "alice")) == 7 and len(read_lines(workdir, "bob")) == 2
@@ -318,7 +321,8 @@ def test_summary_against_references(tmp_path):
                 referral[who][image_id] = chosen
         lines.append({"kind": "explainer", "reviewer": who, "split": "val", "image": 100,
                       "explainer": "cam", "answer": "bad_image", "time": "t"})  # other split: ignored
-        (tmp_path / "review" / f"ratings-{who}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        (tmp_path / "review" / f"ratings-{who}.jsonl").write_text(
+            "".join(json.dumps(x) + "\n" for x in lines))
 
     s = summarize(workdir)
     assert s["n_items"] == 60 and s["n_correct"] == 55
@@ -345,7 +349,8 @@ def test_summary_against_references(tmp_path):
             assert got["metrics"]["pointing_game_lesion"]["correlation_kind"] == "phi"
             assert got["metrics"]["roi_area"]["correlation_kind"] == "point_biserial"
         flat = [r for v in referral[who].values() for r in v]
-        assert dict(map(tuple, s["reviewers"][who]["referral_reasons"])) == {r: flat.count(r) for r in set(flat)}
+        counts = dict(map(tuple, s["reviewers"][who]["referral_reasons"]))
+        assert counts == {r: flat.count(r) for r in set(flat)}
     (pair,) = s["agreement"]
     assert pair["reviewers"] == ["r1", "r2"]
     for m in METHODS:
@@ -360,7 +365,8 @@ def test_summary_against_references(tmp_path):
     on_disk = json.loads((tmp_path / "review" / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(s))
     md = (tmp_path / "review" / "summary.md").read_text()
-    assert f"{s['reviewers']['r1']['explainers']['crm']['misplaced']}/{s['reviewers']['r1']['explainers']['crm']['rated']}" in md
+    crm = s['reviewers']['r1']['explainers']['crm']
+    assert f"{crm['misplaced']}/{crm['rated']}" in md
 
 
 def test_kappa_and_correlation_edge_cases():
@@ -603,9 +609,11 @@ def test_review_of_a_real_single_method_patch_run(tmp_path, seed):
         for it in data["items"]:
             assert [(p["position"], p["explainer"], p["label"]) for p in it["panels"]] == [(0, "crm", "CRM")]
             code, png = srv.get(it["panels"][0]["map"])
-            assert code == 200 and png == open(os.path.join(out, "maps", "crm", f"{it['id']}.png"), "rb").read()
-            assert srv.post({"reviewer": "bob", "image": it["id"], "position": 0, "answer": "out_of_roi"})[0] == 200
-            assert srv.post({"reviewer": "bob", "image": it["id"], "position": 1, "answer": "meaningful"})[0] == 400
+            with open(os.path.join(out, "maps", "crm", f"{it['id']}.png"), "rb") as f:
+                assert code == 200 and png == f.read()
+            rating = {"reviewer": "bob", "image": it["id"]}
+            assert srv.post({**rating, "position": 0, "answer": "out_of_roi"})[0] == 200
+            assert srv.post({**rating, "position": 1, "answer": "meaningful"})[0] == 400
         assert len(strict_json(srv.get("/api/items?reviewer=bob&all=1")[1])["done"]) >= 2
     finally:
         srv.close()

@@ -9,7 +9,8 @@ import pytest
 
 from cervix_jax.review import summarize
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helpers, also when run as a script
+# the shared helpers, also when run as a script
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_review import Running, write_workdir  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -50,8 +51,11 @@ def test_rate_three_images_reload_and_summarize(tmp_path):
                 if (!img.complete || c.width !== 48) return -1;
                 const t = document.createElement('canvas'); t.width = 48; t.height = 48;
                 const tc = t.getContext('2d'); tc.drawImage(img, 0, 0);
-                const a = tc.getImageData(0, 0, 48, 48).data, b = c.getContext('2d').getImageData(0, 0, 48, 48).data;
-                let n = 0; for (let i = 0; i < a.length; i += 4) if (Math.abs(a[i] - b[i]) + Math.abs(a[i+2] - b[i+2]) > 20) n++;
+                const a = tc.getImageData(0, 0, 48, 48).data;
+                const b = c.getContext('2d').getImageData(0, 0, 48, 48).data;
+                let n = 0;
+                for (let i = 0; i < a.length; i += 4)
+                    if (Math.abs(a[i] - b[i]) + Math.abs(a[i+2] - b[i+2]) > 20) n++;
                 return n; }"""
             page.wait_for_function(f"() => ({colored})() > 0", timeout=10000)
             low = page.evaluate(colored)

@@ -227,7 +227,8 @@ def test_validation_reports_every_bad_value_at_once(rng):
                                       ("configs/demo.py", "tiny"),
                                       ("configs/pyramid.py", "p3,p6,p7,runlocal"),
                                       ("configs/pyramid.py", "sweep,small"), ("configs/patch.py", "runlocal"),
-                                      ("configs/patch.py", "evidence"), ("configs/patch.py", "ps56,fixed")])
+                                      ("configs/patch.py", "evidence"), ("configs/patch.py", "ps56,fixed"),
+                                      ("configs/retinanet.py", None), ("configs/baselines.py", None)])
 def test_shipped_configs_are_valid(path, arg):
     import importlib.util
     spec = importlib.util.spec_from_file_location("cfg", path)

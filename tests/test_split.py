@@ -27,7 +27,8 @@ def test_partition_without_group_leakage_and_with_class_ratios(seed):
     for name, idx in split.items():
         assert idx.dtype == np.int64 and np.all(np.diff(idx) > 0), name
     sets = {name: set(groups[idx].tolist()) for name, idx in split.items()}
-    assert not sets["train"] & sets["val"] and not sets["train"] & sets["test"] and not sets["val"] & sets["test"]
+    assert not sets["train"] & sets["val"] and not sets["train"] & sets["test"]
+    assert not sets["val"] & sets["test"]
     n = labels.size
     assert abs(split["test"].size / n - 0.2) < 0.03
     assert abs(split["val"].size / n - 0.8 * 0.2) < 0.03
@@ -61,7 +62,8 @@ def test_comparable_to_stratified_group_kfold():
     for seed in range(5):
         labels, groups = _dataset(rng, n_groups=150, p_positive=0.3)
         ours = group_split(labels, groups, test_fraction=0.2, val_fraction=0.0, seed=seed)["test"]
-        folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(np.zeros(labels.size), labels, groups)
+        folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(np.zeros(labels.size), labels,
+                                                                              groups)
         sk_test = next(folds)[1]
         assert abs(ours.size - sk_test.size) <= 0.05 * labels.size
         ours_err.append(abs(labels[ours].mean() - labels.mean()))

@@ -54,7 +54,8 @@ def test_keys_dtypes_shapes(treat_examples):
                        "cin_grade", "visit", "group", "id"}
     assert ex["image"].dtype == np.uint8 and ex["image"].shape == (c.height, c.width, 3)
     for k in synthetic.MASK_KEYS + synthetic.EXTRA_MASK_KEYS:
-        assert ex[k].dtype == np.uint8 and ex[k].shape == (c.height, c.width) and set(np.unique(ex[k])) <= {0, 1}
+        assert ex[k].dtype == np.uint8 and ex[k].shape == (c.height, c.width)
+        assert set(np.unique(ex[k])) <= {0, 1}
     assert ex["cervix_center"].dtype == np.float32 and ex["cervix_center"].shape == (2,)
     assert ex["cervix_box"].dtype == np.float32 and ex["cervix_box"].shape == (4,)
     for e in exs:
@@ -67,7 +68,8 @@ def test_keys_dtypes_shapes(treat_examples):
 def test_class_counts_exact(treat_examples):
     c, exs = treat_examples
     labels = np.array([int(e["label"]) for e in exs])
-    assert labels.sum() == c.num_positive and (labels == np.array([int(e["treatability"]) for e in exs])).all()
+    assert labels.sum() == c.num_positive
+    assert (labels == np.array([int(e["treatability"]) for e in exs])).all()
     # Paper B's preset, from the layout alone: 304 positive of 1,033, labels constant per woman.
     group_of, group_label = synthetic.layout(synthetic.SyntheticConfig(
         height=800, width=1200, num_images=1033, num_positive=304, images_per_woman=3, seed=SEED))

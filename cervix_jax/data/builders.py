@@ -190,7 +190,8 @@ def folder_config(name: str, label_map: Optional[dict], label_kind: str = "label
                   min_side: int = 32) -> CervixFolderConfig:
     """A custom cervix_folder config (its build lives under data_dir/cervix_folder/<name>/)."""
     if label_kind not in ("label", "treatability", "dysplasia"):
-        raise ValueError(f"cervix_folder: label_kind must be label|treatability|dysplasia, found {label_kind!r}")
+        raise ValueError(f"cervix_folder: label_kind must be label|treatability|dysplasia, "
+                         f"found {label_kind!r}")
     bad = {k: v for k, v in (label_map or {}).items() if v not in (0, 1)}
     if bad:
         raise ValueError(f"cervix_folder: label_map values must be 0 or 1, found {bad}")
@@ -352,8 +353,8 @@ def builder_for(data_config, label_map: Optional[dict] = None) -> tfds.core.Data
         if name.split("/")[0] != "cervix_folder":
             raise ValueError(f"data.name: label_map is only for cervix_folder, found name {name!r}")
         kind = _get(data_config, "label", "label")
-        return CervixFolder(config=folder_config("custom", label_map, kind if kind in ("treatability", "dysplasia")
-                                                 else "label"), data_dir=data_dir)
+        kind = kind if kind in ("treatability", "dysplasia") else "label"
+        return CervixFolder(config=folder_config("custom", label_map, kind), data_dir=data_dir)
     return tfds.builder(name, data_dir=data_dir)
 
 
@@ -432,9 +433,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m cervix_jax.data.builders", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", default="synthetic_cervix/tiny",
-                   help="synthetic_cervix/{tiny,paper_b,paper_a} or cervix_folder/{" + ",".join(LABEL_MAPS) + "}")
+                   help="synthetic_cervix/{tiny,paper_b,paper_a} or "
+                        "cervix_folder/{" + ",".join(LABEL_MAPS) + "}")
     p.add_argument("--data_dir", default="~/.cache/cervix_jax/tfds")
-    p.add_argument("--manual_dir", default="", help="cervix_folder: your folder of class subfolders, or a CSV")
+    p.add_argument("--manual_dir", default="",
+                   help="cervix_folder: your folder of class subfolders, or a CSV")
     p.add_argument("--label_map", type=_parse_label_map, default=None,
                    help="cervix_folder: e.g. Type_1=0,Type_2=1,Type_3=1 (a custom config named 'custom')")
     p.add_argument("--label", default="label", help="with --label_map: treatability|dysplasia|label")
@@ -444,7 +447,8 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     data = dict(name=a.name, data_dir=a.data_dir, manual_dir=a.manual_dir, label=a.label)
     builder = prepare(data, a.label_map, rebuild=a.rebuild)
-    print(f"{builder.info.full_name}: {builder.info.splits['train'].num_examples} examples in {builder.data_dir}")
+    print(f"{builder.info.full_name}: {builder.info.splits['train'].num_examples} examples in "
+          f"{builder.data_dir}")
 
 
 if __name__ == "__main__":

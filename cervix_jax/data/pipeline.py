@@ -58,7 +58,8 @@ def resize_keep_aspect(image: np.ndarray, longer: int, *, nearest: bool = False)
     pixel-centre coordinates, so a mask resized with nearest stays aligned with its image.
     """
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(f"resize_keep_aspect: expected uint8 [H, W] or [H, W, C], got {image.dtype} {image.shape}")
+        raise ValueError(f"resize_keep_aspect: expected uint8 [H, W] or [H, W, C], "
+                         f"got {image.dtype} {image.shape}")
     h, w = resized_shape(image.shape[:2], longer)
     if (h, w) == image.shape[:2]:
         return image
@@ -75,7 +76,8 @@ def pad_to(image: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.nd
     height, width = shape
     if h > height or w > width:
         raise ValueError(f"pad_to: image of {h}x{w} does not fit in pad_to {height}x{width} "
-                         "(config data.pad_to must hold the resized image: data.image_size is its longer side)")
+                         "(config data.pad_to must hold the resized image: data.image_size is its "
+                         "longer side)")
     padded = np.zeros((height, width) + image.shape[2:], image.dtype)
     padded[:h, :w] = image
     valid = np.zeros((height, width), np.uint8)
@@ -98,7 +100,8 @@ def normalize(image: np.ndarray, mode: str) -> np.ndarray:
         return x[..., ::-1] - CAFFE_MEAN_BGR
     if mode == "torch":
         return (x / 255.0 - TORCH_MEAN_RGB) / TORCH_STD_RGB
-    raise ValueError(f"normalize: mode (config data.normalization) must be 'unit', 'caffe' or 'torch', got {mode!r}")
+    raise ValueError(f"normalize: mode (config data.normalization) must be 'unit', 'caffe' or 'torch', "
+                     f"got {mode!r}")
 
 
 def preprocess(example: dict, *, image_size: int, pad_to: tuple[int, int], normalization: str,
@@ -205,7 +208,8 @@ class Loader:
         if not 0 <= process_index < process_count:
             raise ValueError(f"Loader: process_index {process_index} not in [0, {process_count})")
         if self.indices.size == 0 or (drop_remainder and self.indices.size < global_batch_size):
-            raise ValueError(f"Loader: {self.indices.size} examples cannot fill one batch of {global_batch_size}")
+            raise ValueError(f"Loader: {self.indices.size} examples cannot fill one batch of "
+                             f"{global_batch_size}")
         self.global_batch_size = global_batch_size
         self.preprocess_fn = preprocess_fn
         self.shuffle, self.seed, self.drop_remainder = shuffle, seed, drop_remainder
@@ -269,4 +273,5 @@ class Loader:
         batch = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
         batch["weight"] = weight.astype(np.float32)  # 0 marks the padding of a last evaluation batch
         d = self.num_devices
-        return {key: value.reshape((d, value.shape[0] // d) + value.shape[1:]) for key, value in batch.items()}
+        return {key: value.reshape((d, value.shape[0] // d) + value.shape[1:])
+                for key, value in batch.items()}

@@ -54,7 +54,8 @@ def group_split(labels, groups, *, test_fraction: float = 0.2, val_fraction: flo
     labels = np.asarray(labels)
     groups = np.asarray(groups)
     if labels.ndim != 1 or groups.shape != labels.shape:
-        raise ValueError(f"group_split: expected labels [N] and groups [N], got {labels.shape} and {groups.shape}")
+        raise ValueError(f"group_split: expected labels [N] and groups [N], got {labels.shape} and "
+                         f"{groups.shape}")
     if not np.isin(labels, (0, 1)).all():
         raise ValueError(f"group_split: labels must be 0/1, found {np.unique(labels)[:10].tolist()}")
     for name, f in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):

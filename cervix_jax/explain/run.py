@@ -54,7 +54,8 @@ def _batch_fn(model, methods, threshold, auc_steps):
                 has = (has_masks > 0) & (mask.sum() > 0)
                 metrics[f"pointing_game_{name}"] = jnp.where(
                     has, faithfulness.pointing_game(heat, mask, valid), jnp.nan)
-                metrics[f"iou_{name}"] = jnp.where(has, faithfulness.iou(heat, mask, threshold, valid), jnp.nan)
+                metrics[f"iou_{name}"] = jnp.where(
+                    has, faithfulness.iou(heat, mask, threshold, valid), jnp.nan)
             metrics["deletion_auc"] = faithfulness.deletion(score_fn, image, heat, steps=auc_steps,
                                                         valid=valid)[1]
             metrics["insertion_auc"] = faithfulness.insertion(score_fn, image, heat, steps=auc_steps,
@@ -99,7 +100,8 @@ def explain_to_dir(model, examples: Iterable[Mapping], out_dir: str, *,
 
     examples: dicts, one example each (no batch axis): `image` float32 [H, W, 3] (model input),
     `display` uint8 [H, W, 3], `label`, `id`, optional `{lesion,os,tz,cervix}_mask` uint8 [H, W],
-    `has_masks` and `valid` uint8 [H, W] (1 on the image pixels of an image padded to pad_to). Methods the model cannot run (e.g. "cam" without a dense kernel) are dropped with a
+    `has_masks` and `valid` uint8 [H, W] (1 on the image pixels of an image padded to pad_to). Methods
+    the model cannot run (e.g. "cam" without a dense kernel) are dropped with a
     warning; "weights" is added when the model has a `weights` map (paper A).
     Returns the table {method: {metric: mean over examples}} (mask metrics over examples with
     masks, flagged examples left out; nan if none), also written to table.md and table.csv.

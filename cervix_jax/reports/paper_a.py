@@ -3,8 +3,8 @@
     python -m cervix_jax.reports.paper_a OUT_DIR SWEEP_WORKDIR [SWEEP_WORKDIR ...] [--tsne]
 
 Reads every evaluated point of the sweeps (`points/<name>/`, through `cervix_jax.train.rundir`:
-its config, eval metrics and val/test scores), names each point's approach from its config (`approach`), chooses
-Crop-k's k per architecture on validation AUC (the mean over its runs, as the paper chose k on
+its config, eval metrics and val/test scores), names each point's approach from its config (`approach`),
+chooses Crop-k's k per architecture on validation AUC (the mean over its runs, as the paper chose k on
 validation), and writes into OUT_DIR:
 
 - `table1.md` / `table1.csv`: accuracy, F1, precision, recall, AUC, 1-EER on test at the

@@ -336,9 +336,11 @@ class ReviewState:
             raise RatingError(f"unexpected keys {sorted(extra)}; allowed: {sorted(allowed)}")
         reviewer = body.get("reviewer")
         if not valid_reviewer(reviewer):
-            raise RatingError(f"reviewer: expected a name matching {REVIEWER_PATTERN.pattern}, found {reviewer!r}")
+            raise RatingError(f"reviewer: expected a name matching {REVIEWER_PATTERN.pattern}, "
+                              f"found {reviewer!r}")
         image_id = body.get("image")
-        if not isinstance(image_id, (str, int)) or isinstance(image_id, bool) or str(image_id) not in self.items:
+        if (not isinstance(image_id, (str, int)) or isinstance(image_id, bool)
+                or str(image_id) not in self.items):
             raise RatingError(f"image: expected an id from index.json, found {image_id!r}")
         image_id = str(image_id)
         item = self.items[image_id]
@@ -431,7 +433,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def reviewer_param(self, query):
         reviewer = (query.get("reviewer") or [""])[0]
         if not valid_reviewer(reviewer):
-            raise RatingError(f"reviewer: expected a name matching {REVIEWER_PATTERN.pattern}, found {reviewer!r}")
+            raise RatingError(f"reviewer: expected a name matching {REVIEWER_PATTERN.pattern}, "
+                              f"found {reviewer!r}")
         return reviewer
 
     def do_GET(self):

@@ -72,7 +72,8 @@ def load_reviews(workdir, split, items, problems=None):
             if r.get("split") != split or image not in items:
                 continue
             if r.get("kind") == "referral" and isinstance(r.get("answer"), list):
-                per["referral"][image] = [a for a in r["answer"] if isinstance(a, str) and a in REFERRAL_REASONS]
+                per["referral"][image] = [a for a in r["answer"]
+                                          if isinstance(a, str) and a in REFERRAL_REASONS]
             elif r.get("kind") == "explainer" and isinstance(r.get("answer"), str) and r["answer"] in ANSWERS:
                 per["explainer"][(image, r.get("explainer"))] = r["answer"]
         if per["explainer"] or per["referral"]:
@@ -200,8 +201,10 @@ def to_markdown(s):
                   "|---|---|---|---|---|"]
         for m, e in r["explainers"].items():
             reasons = ", ".join(f"{ANSWERS[k]} ({n})" for k, n in e["reasons"]) or "-"
-            lines.append(f"| {m.upper()} | {e['rated']} | {e['meaningful']} ({_fmt(e['meaningful_share'], True)}) "
-                         f"| {e['misplaced']}/{e['rated']} ({_fmt(e['misplaced_share'], True)}) | {reasons} |")
+            lines.append(f"| {m.upper()} | {e['rated']} | {e['meaningful']} "
+                         f"({_fmt(e['meaningful_share'], True)}) "
+                         f"| {e['misplaced']}/{e['rated']} ({_fmt(e['misplaced_share'], True)}) "
+                         f"| {reasons} |")
         lines += ["", f"Referral reasons ({r['n_referral_images']} not-treatable images):", ""]
         lines += [f"- {REFERRAL_REASONS[k]}: {n}" for k, n in r["referral_reasons"]] or ["- none"]
         lines += ["", "Judgments vs. quantitative metrics (mean among meaningful / misplaced; r):", "",
@@ -215,7 +218,8 @@ def to_markdown(s):
     for pair in s["agreement"]:
         a, b = pair["reviewers"]
         lines += [f"## Agreement `{a}` vs `{b}`", "",
-                  "| explainer | images both rated | observed | kappa (all answers) | kappa (meaningful vs misplaced) |",
+                  "| explainer | images both rated | observed | kappa (all answers) "
+                  "| kappa (meaningful vs misplaced) |",
                   "|---|---|---|---|---|"]
         for m, e in pair["explainers"].items():
             lines.append(f"| {m.upper()} | {e['n']} | {_fmt(e['observed_agreement'], True)} "

@@ -60,6 +60,9 @@ def evaluate(config, workdir, out_dir=None) -> dict:
                            config.parallel.wrapper, num_replicated=2)
     scored = {s: score_split(p_eval, run.state.params, run.frozen, data.eval[s]) for s in ("val", "test")}
     result = eval_result(scored, step=run.step, blur=config.data.blur)
+    if jax.process_index() == 0 and hasattr(run.task, "evaluate_extra"):  # e.g. detection AP and overlays
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result.update(run.task.evaluate_extra(run.variables, data, out_dir))
     if jax.process_index() == 0:
         rundir.write_eval(workdir, result, scored, out_dir=out_dir)
         roc = {}

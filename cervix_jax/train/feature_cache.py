@@ -108,7 +108,8 @@ def extract(task, frozen: dict, batches: Iterable[dict], method: str = "nearest_
         valid = None if valid is None else np.asarray(valid).reshape(-1, *image.shape[1:3])
         pooled = jax.device_get(pool(frozen, image, valid))
         chunks.append(({k: v[keep] for k, v in pooled.items()},
-                       np.asarray(batch["label"]).reshape(-1)[keep], np.asarray(batch["id"]).reshape(-1)[keep]))
+                       np.asarray(batch["label"]).reshape(-1)[keep],
+                       np.asarray(batch["id"]).reshape(-1)[keep]))
     return {"pooled": {k: np.concatenate([c[0][k] for c in chunks]) for k in chunks[0][0]},
             "label": np.concatenate([c[1] for c in chunks]), "id": np.concatenate([c[2] for c in chunks])}
 
@@ -174,7 +175,8 @@ def train_heads(cache: dict, subsets: Sequence[Sequence[str]], seeds: Sequence[i
 
     heads, kernels, biases, subset_idx, seed_keys, head_orders = [], [], [], [], [], []
     for s, levels in enumerate(subsets):
-        rows = np.concatenate([np.arange(LEVELS.index(lvl) * c, (LEVELS.index(lvl) + 1) * c) for lvl in levels])
+        rows = np.concatenate([np.arange(LEVELS.index(lvl) * c, (LEVELS.index(lvl) + 1) * c)
+                               for lvl in levels])
         for seed in seeds:
             _, rng_head = jax.random.split(init_rng(seed))   # as PyramidTask.init_params
             p = pyramid.init_head(rng_head, c * len(levels), num_classes)["classifier"]

@@ -32,6 +32,7 @@ ALLOWED_CHANGES: dict[str, str] = {
     "train.checkpoint_every": "checkpoint interval",
     "train.keep": "how many checkpoints are kept",
     "data.data_dir": "where the built dataset lives (the same data, moved)",
+    "data.pixel_cache": "a cache of the same resized pixels",
     "parallel.wrapper": "pmap or shard_map (same steps)",
     "parallel.distributed": "multi-host start-up",
     "explain.*": "explanation settings (no effect on training)",

@@ -36,7 +36,8 @@ def data_parallel(fn: Callable, wrapper: str, *, num_replicated: int, donate_fir
 
     def wrapped(*args):
         reps = [jax.tree.map(lambda x: _put_replicated(x, replicated), a) for a in args[:-1]]
-        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharded, np.asarray(x)), args[-1])
+        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharded, np.asarray(x)),
+                             args[-1])
         return inner(*reps, batch)
 
     return wrapped

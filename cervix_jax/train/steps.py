@@ -12,8 +12,9 @@ from cervix_jax.train.state import TrainState
 
 def train_step(state: TrainState, frozen, batch: dict, *, task, optimizer: optax.GradientTransformation):
     """One optimizer step on this device's part of the global batch. Gradients and metrics are
-    averaged over devices; new per-example rows from all devices are gathered so every replica
-    scatters the same update (rows with weight 0 are dropped)."""
+    averaged over devices; top-level `params` entries the task returns in `aux["set_params"]` replace
+    the optimizer's result (averaged over devices); new per-example rows from all devices are gathered
+    so every replica scatters the same update (rows with weight 0 are dropped)."""
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
     ids = batch["id"]
     rows = None
@@ -27,6 +28,8 @@ def train_step(state: TrainState, frozen, batch: dict, *, task, optimizer: optax
     grads = jax.lax.pmean(grads, AXIS)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if aux.get("set_params") is not None:   # non-gradient updates, e.g. BatchNorm running statistics
+        params = {**params, **jax.lax.pmean(aux["set_params"], AXIS)}
     example_state = state.example_state
     if example_state is not None:
         n = jax.tree.leaves(example_state)[0].shape[0]

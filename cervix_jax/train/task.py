@@ -17,7 +17,11 @@ Conventions
   `loss`, and scatters back the rows `loss` returns (only where weight > 0). It is checkpointed.
 - `loss` returns the *weighted mean* over the batch (sum(w * l) / max(sum(w), 1)) so that the engine
   can average it across devices with `pmean` when every device holds equally many examples.
-- Optional hooks have a no-op default here: a task class that subclasses `Task` inherits them.
+- `aux` may also hold "set_params": {top-level params key: new value}, written by the train step after
+  the optimizer update (averaged over devices): non-gradient state such as BatchNorm running statistics
+  (the stage-1 RetinaNet, `task_retinanet.py`).
+- Optional hooks have a no-op default here: a task class that subclasses `Task` inherits them. A task
+  may also define `evaluate_extra(variables, data, out_dir) -> dict`, merged into `eval/metrics.json`.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ _REGISTRY: dict[str, str] = {
     "tiny": "cervix_jax.train.task_tiny:make",
     "pyramid": "cervix_jax.train.task_pyramid:make",
     "patch": "cervix_jax.train.task_patch:make",
+    "retinanet": "cervix_jax.train.task_retinanet:make",
     "baseline": "cervix_jax.train.task_baseline:make",
 }
 

@@ -5,7 +5,9 @@ config.model keys (`DEFAULTS`; see configs/pyramid.py):
   upsample             "nearest_legacy" | "bilinear"
   backbone             "resnet50" | "tiny" (test-only)
   style, stem, bn_eps, conv_bias, p6_from   see models/resnet.py and models/fpn.py
-  backbone_checkpoint  "" (random backbone) or a folder written by `python -m cervix_jax.convert.cli`
+  backbone_checkpoint  "" (random backbone), a folder written by `python -m cervix_jax.convert.cli`, or
+                       the workdir of a stage-1 run (configs/retinanet.py): its best checkpoint's
+                       backbone + FPN, whose architecture then comes from that run's config
   dtype                (every family) compute dtype of the backbone, "float32" | "bfloat16"; its maps
                        are cast to float32 before the head: pooling, head, loss, explainers in float32
 
@@ -85,6 +87,7 @@ class PyramidTask(Task):
     backbone_checkpoint: str
     model_config: object
     name: str = "pyramid"
+    stage1: object = None                # config of a stage-1 run when backbone_checkpoint is one
 
     @property
     def num_features(self) -> int:
@@ -95,7 +98,10 @@ class PyramidTask(Task):
         from PRNGKey(RANDOM_BACKBONE_SEED) whatever `rng` (a fixed feature extractor for every seed)."""
         rng_backbone = jax.random.PRNGKey(RANDOM_BACKBONE_SEED)
         dummy = jnp.zeros((1, *_INIT_HW, 3), jnp.float32)
-        if self.backbone_checkpoint:
+        if self.stage1 is not None:
+            from cervix_jax.train import task_retinanet
+            frozen = task_retinanet.load_stage1_backbone(self.backbone_checkpoint, self.stage1)
+        elif self.backbone_checkpoint:
             abstract = jax.eval_shape(self.model.backbone.init, rng_backbone, dummy)
             frozen = load_backbone_checkpoint(self.backbone_checkpoint, abstract, self.model_config)
         else:   # eager: op-by-op compiles are cached across tasks, a jitted init recompiles per module
@@ -140,7 +146,13 @@ class PyramidTask(Task):
 
 def make(model_config) -> PyramidTask:
     """Task factory registered as "pyramid" in cervix_jax/train/task.py; takes config.model."""
+    from cervix_jax.train import task_retinanet
     m = model_config
-    model = pyramid.PyramidConcatClassifier(levels=pyramid.parse_levels(m.levels),
-                                            backbone=backbone_from_config(m), upsample=m.upsample)
-    return PyramidTask(model=model, backbone_checkpoint=m.backbone_checkpoint, model_config=m)
+    stage1 = task_retinanet.stage1_config(m.backbone_checkpoint) if m.backbone_checkpoint else None
+    if stage1 is not None:
+        backbone = task_retinanet.backbone_module(stage1.model, compute_dtype(m.get("dtype", "float32")))
+    else:
+        backbone = backbone_from_config(m)
+    model = pyramid.PyramidConcatClassifier(levels=pyramid.parse_levels(m.levels), backbone=backbone,
+                                            upsample=m.upsample)
+    return PyramidTask(model=model, backbone_checkpoint=m.backbone_checkpoint, model_config=m, stage1=stage1)

@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
 
 
-def ellipse_params(mu, cov, patch_size: int, n_std: float = 2.0) -> tuple[tuple[float, float], float, float, float]:
+def ellipse_params(mu, cov, patch_size: int,
+                   n_std: float = 2.0) -> tuple[tuple[float, float], float, float, float]:
     """A regulator in patch units -> ((x, y) px, width px, height px, angle deg) of its n_std ellipse.
 
     Patch (i, j) covers pixels [j p, (j + 1) p), so grid position x maps to pixel (x + 0.5) p.

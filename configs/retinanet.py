@@ -1,0 +1,82 @@
+"""Paper B, stage 1: the RetinaNet detector trained from scratch on the cervix box (the AVE setting).
+
+    python launch.py train --config configs/retinanet.py:runlocal --workdir /tmp/ret    # tiny, seconds
+    python launch.py eval  --config configs/retinanet.py:runlocal --workdir /tmp/ret    # + AP, IoU, overlays
+    python launch.py train --config configs/retinanet.py:cpu --workdir runs/retinanet_cpu
+    python launch.py train --config configs/retinanet.py --workdir runs/retinanet_full  # a GPU
+
+One box per image (the cervix mask's bounding box, `data.with_masks`), labelled with the treatability
+class; the image-level score is the "not treatable" probability of the top-scoring anchor
+(`model.score_rule`, see cervix_jax/detection/postprocess.py:image_scores). BatchNorm trains (batch
+statistics synchronised over devices). Stage 2 (configs/pyramid.py) takes the run's workdir as its frozen
+backbone: `--config.model.backbone_checkpoint=<this workdir>` with the same `model.width` /
+`model.feature_size` (configs/pyramid.py:...,stage1 sets them for the CPU config).
+
+Variants (`arg`, comma-separated):
+  (none)    the full config: ResNet50-FPN (width 64, FPN 256, heads 256 x 4), images padded to 800 x 1200
+            (synthetic_cervix/paper_b, longer border 1200), batch 16, bf16 compute (float32 parameters,
+            BatchNorm statistics and losses), Adam 1e-4, 25 epochs (~1,600 steps of 16 on 620 training
+            images). Cost by a layer-by-layer FLOP count (convolutions, 2 FLOP per MAC, train step = 3 x
+            forward): 374 GFLOP forward per 800 x 1200 image (backbone 148, FPN 33, the two heads 194), so
+            ~1.1 TFLOP per trained image and ~17 PFLOP for 620 x 25 images. One H100 (989 TFLOP/s dense
+            bf16) at the 10-25 % of peak that XLA convnets with many small layers reach: 70-170 s of
+            compute, plus 1-3 min compile and ~10 s to generate the data: about 5 minutes. Not run here.
+  cpu       2 CPU cores: 128 x 192 images (synthetic_cervix/demo), ResNet50 stages with width 32 (half),
+            FPN and heads 128 wide (heads 4 deep), anchors scaled by 0.5 (16..256 px for a 48-102 px cervix
+            box), batch 8, float32, Adam 3e-4, 40 epochs. ~7 GFLOP per trained image (vs 29 at full
+            width): ~115 training images x 40 epochs ~ 32 TFLOP, 10-30 minutes at the 20-50 GFLOP/s these
+            shared cores give. Reduced: image size (x6 fewer pixels than 800 x 1200), backbone width, head
+            width. Its wall time was not measured in this session.
+  runlocal  tiny backbone (one block per stage, width 4, FPN 8, heads 8 x 1) on synthetic_cervix/tiny at
+            128 x 192, 2 epochs: tests and smoke runs.
+"""
+from cervix_jax.train.config import base_config
+
+MODIFIERS = ("runlocal", "cpu")
+
+
+def get_config(arg: str = ""):
+    parts = [p for p in (arg or "").split(",") if p]
+    bad = [p for p in parts if p not in MODIFIERS]
+    if bad:
+        raise ValueError(f"configs/retinanet.py: unknown variant(s) {bad}; expected some of {MODIFIERS}")
+    c = base_config("retinanet")
+    c.data.name = "synthetic_cervix/paper_b"
+    c.data.image_size = 1200
+    c.data.pad_to = (800, 1200)
+    c.data.normalization = "caffe"          # keras-retinanet's preprocessing (BGR, mean-subtracted)
+    c.data.with_masks = True                # the cervix mask gives the ground-truth box
+    c.train.batch_size = 16
+    c.train.epochs = 25
+    c.train.lr = 1e-4
+    c.train.best_metric = "val_auc"
+    c.model.dtype = "bfloat16"
+    c.explain.methods = ("gradcam", "integrated_gradients")
+
+    if "cpu" in parts:
+        c.data.name = "synthetic_cervix/demo"
+        c.data.image_size = 192
+        c.data.pad_to = (128, 192)
+        c.train.batch_size = 8
+        c.train.epochs = 40
+        c.train.lr = 3e-4
+        c.model.dtype = "float32"
+        c.model.width = 32
+        c.model.feature_size = 128
+        c.model.head_width = 128
+        c.model.anchor_scale = 0.5
+    if "runlocal" in parts:
+        c.data.name = "synthetic_cervix/tiny"
+        c.data.image_size = 192
+        c.data.pad_to = (128, 192)
+        c.train.batch_size = 8
+        c.train.epochs = 2
+        c.train.lr = 1e-3
+        c.model.dtype = "float32"
+        c.model.backbone = "tiny"
+        c.model.width = 4
+        c.model.feature_size = 8
+        c.model.head_width = 8
+        c.model.head_depth = 1
+        c.model.anchor_scale = 0.5
+    return c
