@@ -176,16 +176,6 @@ def explain_to_dir(model, examples: Iterable[Mapping], out_dir: str, *,
     return table
 
 
-def read_index(out_dir) -> dict:
-    """The index.json `explain_to_dir` wrote in `out_dir` (the review page reads it with its own
-    standard-library reader, `review.server.load_index`)."""
-    path = os.path.join(out_dir, "index.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no explanations; run `launch.py explain` first")
-    with open(path) as f:
-        return json.load(f)
-
-
 def _write_table(out_dir: str, table: dict) -> None:
     names = metric_names()
     with open(os.path.join(out_dir, "table.csv"), "w", newline="") as f:

@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from cervix_jax import regulator
-from cervix_jax.explain.run import read_index
+from cervix_jax.review.server import read_index
 from cervix_jax.metrics import paired_bootstrap_diff
 from cervix_jax.train import rundir
 from cervix_jax.train.checkpoint import restore

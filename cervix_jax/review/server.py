@@ -172,26 +172,36 @@ def append_atomic(path, line):
         os.close(dir_fd)
 
 
-def load_index(workdir, split):
-    """Reads and checks ``WORKDIR/explain/<split>/index.json``; returns (root, index, methods)."""
-    root = os.path.realpath(os.path.join(workdir, "explain", split))
-    path = os.path.join(root, "index.json")
+def read_index(out_dir):
+    """The one reader of an explain folder's ``index.json`` (written by ``explain.run.explain_to_dir``):
+    reads it and checks its structure; returns the index dict. Used by the review page, its summary
+    and the reports."""
+    path = os.path.join(out_dir, "index.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"expected the explainers' index at {path}; found no such file "
-            f"(run `launch.py explain --workdir {workdir}` first)")
+            f"(run `launch.py explain` first)")
     with open(path, encoding="utf-8") as f:
         index = json.load(f)   # also reads the NaN tokens older explain runs wrote
     if not isinstance(index, dict) or not isinstance(index.get("items"), list):
         raise ValueError(f"{path}: expected an object with a list under 'items'")
+    for i, item in enumerate(index["items"]):
+        for key in ("id", "label", "score", "pred", "correct", "image", "maps"):
+            if key not in item:
+                raise ValueError(f"{path}: items[{i}] lacks key {key!r}")
+    return index
+
+
+def load_index(workdir, split):
+    """Reads and checks ``WORKDIR/explain/<split>/index.json`` for review; returns (root, index, methods)."""
+    root = os.path.realpath(os.path.join(workdir, "explain", split))
+    path = os.path.join(root, "index.json")
+    index = read_index(root)
     methods = [m for m in REVIEW_METHODS if m in index.get("methods", [])]
     if not methods:
         raise ValueError(f"{path}: expected 'methods' to include one of {list(REVIEW_METHODS)}, "
                          f"found {index.get('methods')}")
     for i, item in enumerate(index["items"]):
-        for key in ("id", "label", "score", "pred", "correct", "image", "maps"):
-            if key not in item:
-                raise ValueError(f"{path}: items[{i}] lacks key {key!r}")
         for m in methods:
             if m not in item["maps"]:
                 raise ValueError(f"{path}: items[{i}] (id {item['id']}) has no map for method {m!r}")
