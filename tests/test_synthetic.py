@@ -200,9 +200,14 @@ def test_placement(seed):
 
 
 def test_masks_align_with_image(treat_examples, dys_examples):
-    """Lesion pixels are whiter than the rest of the cervix; the os is darker than the TZ."""
-    checked = 0
-    for e in treat_examples[1] + dys_examples[1]:
+    """Lesion pixels are whiter than the rest of the cervix; the os is darker than the TZ.
+
+    Whitish mucus (a label-independent nuisance) may lie over the os, so the os check is made on
+    images without mucus, with the median (a small specular highlight may cover a few os pixels)."""
+    checked = os_checked = 0
+    pairs = [(c, e) for c, exs in (treat_examples, dys_examples) for e in exs]
+    for config, e in pairs:
+        mucus = synthetic.generate_example_info(config, int(e["id"]))[1]["num_mucus"]
         img = e["image"].astype(np.float64)
         white = img.min(axis=-1)  # whiteness: the smallest channel
         bright = img.mean(axis=-1)
@@ -213,11 +218,12 @@ def test_masks_align_with_image(treat_examples, dys_examples):
             assert white[lesion].mean() > white[rest].mean() + 20
             checked += 1
         tz_clean = tz & ~lesion
-        if os_.sum() >= 4 and tz_clean.sum() >= 8:
-            assert bright[os_].mean() < bright[tz_clean].mean() - 20
+        if mucus == 0 and os_.sum() >= 4 and tz_clean.sum() >= 8:
+            assert np.median(bright[os_]) < np.median(bright[tz_clean]) - 20, int(e["id"])
+            os_checked += 1
         assert cervix[os_].all() and cervix[tz].all() and cervix[lesion].all()
         assert not (os_ & tz).any() and not (os_ & lesion).any()
-    assert checked >= 5
+    assert checked >= 5 and os_checked >= 3
 
 
 def test_cervix_center_inside_cervix(treat_examples):
