@@ -358,28 +358,12 @@ def bench_matmul(cfg, device):
 
 
 def random_variables(shapes, seed: int = 0):
-    """Random arrays shaped like `shapes` (from jax.eval_shape of an init): kernels N(0, 1/fan_in),
-    BatchNorm scale and var U(0.5, 1.5), other leaves N(0, 0.1^2). Compiling a Flax init (threefry for
-    every parameter) costs more than many of the steps timed here; timings do not depend on values."""
-    jax = _jax()
-    import jax.numpy as jnp
+    """`cervix_jax.models.parts.random_variables` with a seeded generator (timings do not depend on
+    values; compiling a Flax init costs more than many of the steps timed here)."""
     import numpy as np
+    from cervix_jax.models.parts import random_variables as fill
 
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, s):
-        name = str(getattr(path[-1], "key", "")) if path else ""
-        if not jnp.issubdtype(s.dtype, jnp.floating):
-            return jnp.zeros(s.shape, s.dtype)
-        if name == "kernel":
-            x = rng.normal(size=s.shape) / np.sqrt(max(1, int(np.prod(s.shape[:-1]))))
-        elif name in ("scale", "var"):
-            x = rng.uniform(0.5, 1.5, s.shape)
-        else:
-            x = rng.normal(size=s.shape) * 0.1
-        return jnp.asarray(x, s.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
+    return fill(shapes, np.random.default_rng(seed))
 
 
 class _RandomInit:

@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cervix_jax.models.parts import compute_dtype  # noqa: E402
+from cervix_jax.models.parts import compute_dtype, random_variables  # noqa: E402
 from cervix_jax.train.config import base_config  # noqa: E402
 from cervix_jax.train.task import make_task  # noqa: E402
 
@@ -51,23 +51,6 @@ def _float32_leaves(tree) -> bool:
     return all(x.dtype == jnp.float32 for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating))
 
 
-def _random_variables(shapes, rng):
-    """Random variables of the given shapes (compiling `task.init` costs more than the test):
-    kernels N(0, 1 / fan_in), BatchNorm scale and var in [0.5, 1.5], biases and means N(0, 0.1^2)."""
-
-    def leaf(path, s):
-        name = str(path[-1].key) if hasattr(path[-1], "key") else ""
-        if name == "kernel":
-            x = rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-        elif name in ("scale", "var"):
-            x = rng.uniform(0.5, 1.5, s.shape)
-        else:
-            x = rng.normal(size=s.shape) * 0.1
-        return jnp.asarray(x, s.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
-
-
 @pytest.mark.parametrize("family", ["tiny", "pyramid", "patch"])
 def test_bf16_agrees_with_float32(family, rng, seed):
     c32 = _config(family)
@@ -79,7 +62,7 @@ def test_bf16_agrees_with_float32(family, rng, seed):
     shapes16 = jax.eval_shape(lambda: t16.init(jax.random.PRNGKey(seed), (h, w, 3)))
     assert _float32_leaves(shapes16), "parameters must stay float32 under model.dtype=bfloat16"
     assert shapes16 == shapes32
-    v = _random_variables(shapes32, rng)
+    v = random_variables(shapes32, rng)  # compiling task.init costs more than the test
 
     n = 4
     batch = {

@@ -100,3 +100,23 @@ def with_valid(model: ExplainableModel, valid: Optional[Array]) -> ExplainableMo
     if valid is None or model.for_valid is None:
         return model
     return model.for_valid(valid)
+
+
+def random_variables(shapes, rng: np.random.Generator):
+    """Random arrays shaped like `shapes` (a tree of ShapeDtypeStructs, e.g. `jax.eval_shape` of an
+    init): kernels N(0, 1/fan_in), BatchNorm `scale` and `var` U(0.5, 1.5), other float leaves
+    N(0, 0.1^2), integer leaves zero. For benchmarks and tests: compiling a Flax init (threefry for every
+    parameter) can cost more than the steps they time or check."""
+    def leaf(path, s):
+        name = str(getattr(path[-1], "key", "")) if path else ""
+        if not jnp.issubdtype(s.dtype, jnp.floating):
+            return jnp.zeros(s.shape, s.dtype)
+        if name == "kernel":
+            x = rng.normal(size=s.shape) / np.sqrt(max(1, int(np.prod(s.shape[:-1]))))
+        elif name in ("scale", "var"):
+            x = rng.uniform(0.5, 1.5, s.shape)
+        else:
+            x = rng.normal(size=s.shape) * 0.1
+        return jnp.asarray(x, s.dtype)
+
+    return jax.tree_util.tree_map_with_path(leaf, shapes)
