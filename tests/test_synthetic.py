@@ -151,8 +151,13 @@ def _run_length(on):
 
 
 def test_high_grade_punctation_is_coarser():
-    """At a size where the pattern resolves, the dots of CIN2+ lesions form longer runs than CIN0-1's."""
-    c = _config(height=288, width=432, num_images=18, num_positive=9, label="dysplasia")
+    """At a size where the pattern resolves, the dots of CIN2+ lesions form longer runs than CIN0-1's.
+
+    A rank statistic over 40 images: positives may also carry low-grade lesions and 30% of images are out
+    of focus, so per-class medians of 9 images were noisy (ratio < 1.3 in 3 of 12 seeds); the AUC of the
+    run length was >= 0.87 on 30 seeds at this size.
+    """
+    c = _config(height=288, width=432, num_images=40, num_positive=20, label="dysplasia")
     runs = {0: [], 1: []}
     for i in range(c.num_images):
         e = synthetic.generate_example(c, i)
@@ -162,8 +167,10 @@ def test_high_grade_punctation_is_coarser():
         g = e["image"][..., 1].astype(float)
         dots = lesion & (g < np.median(g[lesion]) - 25)
         runs[int(e["label"])].append(_run_length(dots))
-    assert len(runs[0]) >= 3 and len(runs[1]) >= 3
-    assert np.median(runs[1]) > 1.3 * np.median(runs[0]), runs
+    low, high = np.array(runs[0]), np.array(runs[1])
+    assert len(low) >= 5 and len(high) >= 5
+    auc = ((high[:, None] > low[None]) + 0.5 * (high[:, None] == low[None])).mean()
+    assert auc > 0.75, (auc, runs)
 
 
 def _erode(m, r):
