@@ -20,11 +20,16 @@ setup: $(STAMP)
 browser:
 	@bash scripts/ensure_chromium.sh
 
-# Paper B's pyramid classifier, then paper A's patch model, on the synthetic demo data (~6 min, 2 CPUs).
+# Paper B: a short stage 1 (the RetinaNet detector trained on the synthetic cervix box, configs/retinanet.py:demo),
+# then the P3+P6+P7 pyramid head on its frozen backbone; then paper A's patch model; on the synthetic demo
+# data (~TIME min on 2 CPUs, of which stage 1 ~S1 min).
 demo: $(STAMP)
-	$(PY) launch.py demo --config configs/demo.py --workdir $(WORKDIR)
+	$(PY) launch.py train --config configs/retinanet.py:demo --workdir $(WORKDIR)_stage1
+	$(PY) launch.py eval --config configs/retinanet.py:demo --workdir $(WORKDIR)_stage1
+	$(PY) launch.py demo --config configs/demo.py --workdir $(WORKDIR) \
+		--config.model.backbone_checkpoint=$(WORKDIR)_stage1
 	$(PY) launch.py demo --config configs/demo.py:patch --workdir $(WORKDIR)_patch
-	$(PY) -m cervix_jax.train.demo_report $(WORKDIR) $(WORKDIR)_patch
+	$(PY) -m cervix_jax.train.demo_report $(WORKDIR)_stage1 $(WORKDIR) $(WORKDIR)_patch
 
 test: $(STAMP) browser
 	bash scripts/run_tests.sh $(PY)

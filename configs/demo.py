@@ -28,6 +28,10 @@ def get_config(arg=None):
     c.explain.max_images = 16
     if family == "pyramid":
         c.model.levels = "p3,p6,p7"     # paper B's best head
+        # make demo: --config.model.backbone_checkpoint=<the stage-1 workdir> (configs/retinanet.py:demo),
+        # whose pixels were normalised the keras-retinanet way; the control arm adds
+        # --config.model.backbone_random=True (same architecture, random weights)
+        c.data.normalization = "caffe"
         c.train.epochs = 6
         c.train.lr = 3e-3               # a head on random features; paper B used 1e-6 on pretrained ones
         c.explain.methods = ("cam", "crm", "gradcam")

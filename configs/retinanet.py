@@ -32,7 +32,8 @@ Variants (`arg`, comma-separated):
 """
 from cervix_jax.train.config import base_config
 
-MODIFIERS = ("runlocal", "cpu")
+MODIFIERS = ("runlocal", "cpu", "demo")
+DEMO_EPOCHS = 15
 
 
 def get_config(arg: str = ""):
@@ -53,18 +54,23 @@ def get_config(arg: str = ""):
     c.model.dtype = "bfloat16"
     c.explain.methods = ("gradcam", "integrated_gradients")
 
-    if "cpu" in parts:
+    if "cpu" in parts or "demo" in parts:
         c.data.name = "synthetic_cervix/demo"
         c.data.image_size = 192
         c.data.pad_to = (128, 192)
         c.train.batch_size = 8
-        c.train.epochs = 40
-        c.train.lr = 3e-4
+        c.train.epochs = 60
+        c.train.lr = 1e-3
         c.model.dtype = "float32"
-        c.model.width = 32
-        c.model.feature_size = 128
-        c.model.head_width = 128
+        c.model.width = 16
+        c.model.feature_size = 64
+        c.model.head_width = 64
+        c.model.head_depth = 2
         c.model.anchor_scale = 0.5
+    if "demo" in parts:                     # make demo's stage 1: one block per stage, fewer epochs
+        c.model.backbone = "tiny"
+        c.train.epochs = DEMO_EPOCHS
+        c.train.log_every = 5
     if "runlocal" in parts:
         c.data.name = "synthetic_cervix/tiny"
         c.data.image_size = 192

@@ -27,6 +27,7 @@ def _config_module(name):
 
 
 retinanet_config, pyramid_config = _config_module("retinanet"), _config_module("pyramid")
+demo_config = _config_module("demo")
 
 
 def toy_images(rng, n=8, hw=(64, 64)):
@@ -98,12 +99,16 @@ def test_tiny_detector_overfits_8_images_and_stage2_reads_it(seed, tmp_path):
 
 
 def test_retinanet_configs():
-    full, cpu, local = (retinanet_config.get_config(a) for a in ("", "cpu", "runlocal"))
+    full, cpu, local, demo = (retinanet_config.get_config(a) for a in ("", "cpu", "runlocal", "demo"))
     assert full.model.dtype == "bfloat16" and tuple(full.data.pad_to) == (800, 1200)
     assert full.train.batch_size == 16
     assert (full.model.width, full.model.feature_size, full.model.head_width) == (64, 256, 256)
-    assert cpu.model.width == 32 and tuple(cpu.data.pad_to) == (128, 192) and cpu.model.dtype == "float32"
-    assert local.model.backbone == "tiny" and all(c.data.with_masks for c in (full, cpu, local))
+    assert cpu.model.width == 16 and tuple(cpu.data.pad_to) == (128, 192) and cpu.model.dtype == "float32"
+    assert local.model.backbone == "tiny" and all(c.data.with_masks for c in (full, cpu, local, demo))
+    # make demo's stage 1 and its pyramid head see the same data, split and pixel normalization
+    stage2 = demo_config.get_config(None)
+    for key in ("name", "image_size", "pad_to", "normalization", "split_seed", "test_fraction", "val_fraction"):
+        assert demo.data[key] == stage2.data[key], key
     assert task_retinanet.network_from_config(cpu.model).num_classes == 2
     try:
         retinanet_config.get_config("gpu")

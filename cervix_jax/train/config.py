@@ -205,6 +205,7 @@ def _validate_model(config) -> list[str]:
         need(m.stem in resnet.STEMS, "stem", f"one of {resnet.STEMS}")
         need(_is_num(m.bn_eps) and m.bn_eps >= 0, "bn_eps", "a number >= 0")
         need(m.p6_from in fpn.P6_SOURCES, "p6_from", f"one of {fpn.P6_SOURCES}")
+        problems += _stage1_problems(config)
     elif m.name == "patch":
         from cervix_jax.models.patch import AGGREGATIONS
         from cervix_jax.regulator import SPATIAL_REDUCTIONS
@@ -242,4 +243,21 @@ def _validate_model(config) -> list[str]:
         need(_is_num(m.box_margin) and m.box_margin >= 0, "box_margin", "a number >= 0")
         need(_is_int(m.freeze_blocks) and 0 <= m.freeze_blocks <= 5, "freeze_blocks", "an integer in 0..5")
         need(m.freeze_blocks == 0 or m.arch == "vgg16", "freeze_blocks", "0 unless arch is 'vgg16'")
+    return problems
+
+
+def _stage1_problems(config) -> list[str]:
+    """A pyramid head on a stage-1 RetinaNet run (model.backbone_checkpoint = its workdir) must see
+    pixels normalised as that run's were; model.backbone_random needs such a run (its architecture)."""
+    from cervix_jax.train.task_retinanet import stage1_config
+    m = config.model
+    stage1 = stage1_config(m.backbone_checkpoint) if m.backbone_checkpoint else None
+    problems = []
+    if stage1 is not None and stage1.data.normalization != config.data.normalization:
+        problems.append(f"config.data.normalization={config.data.normalization!r}: expected "
+                        f"{stage1.data.normalization!r}, the normalization of the stage-1 run "
+                        f"{m.backbone_checkpoint} (its config.json)")
+    if m.get("backbone_random", False) and m.backbone_checkpoint and stage1 is None:
+        problems.append(f"config.model.backbone_random=True: expected model.backbone_checkpoint to be a "
+                        f"stage-1 run's workdir (configs/retinanet.py), found {m.backbone_checkpoint!r}")
     return problems

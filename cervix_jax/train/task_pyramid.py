@@ -8,6 +8,8 @@ config.model keys (`DEFAULTS`; see configs/pyramid.py):
   backbone_checkpoint  "" (random backbone), a folder written by `python -m cervix_jax.convert.cli`, or
                        the workdir of a stage-1 run (configs/retinanet.py): its best checkpoint's
                        backbone + FPN, whose architecture then comes from that run's config
+  backbone_random      with a stage-1 `backbone_checkpoint`: take only that run's architecture and
+                       random-initialise it as without a checkpoint (the control arm of stage 2)
   dtype                (every family) compute dtype of the backbone, "float32" | "bfloat16"; its maps
                        are cast to float32 before the head: pooling, head, loss, explainers in float32
 
@@ -40,6 +42,7 @@ DEFAULTS = {
     "conv_bias": False,
     "p6_from": "C5",                # torchvision v1: "P5"
     "backbone_checkpoint": "",      # folder from `python -m cervix_jax.convert.cli`
+    "backbone_random": False,       # stage-1 checkpoint: its architecture, random weights (control)
 }
 BACKBONES = {"resnet50": fpn.ResNet50FPN, "tiny": fpn._ResNetTinyFPN}
 ARCH_KEYS = ("backbone", "style", "stem", "bn_eps", "conv_bias", "p6_from")
@@ -94,11 +97,14 @@ class PyramidTask(Task):
         return self.model.backbone.feature_size * len(self.model.levels)
 
     def init(self, rng: jax.Array, image_shape: tuple[int, int, int]) -> dict:
-        """Random head from `rng`; backbone restored from config.model.backbone_checkpoint, else random
-        from PRNGKey(RANDOM_BACKBONE_SEED) whatever `rng` (a fixed feature extractor for every seed)."""
+        """Random head from `rng`; backbone restored from config.model.backbone_checkpoint, else (or with
+        backbone_random) random from PRNGKey(RANDOM_BACKBONE_SEED) whatever `rng` (a fixed feature
+        extractor for every seed)."""
         rng_backbone = jax.random.PRNGKey(RANDOM_BACKBONE_SEED)
         dummy = jnp.zeros((1, *_INIT_HW, 3), jnp.float32)
-        if self.stage1 is not None:
+        if self.stage1 is not None and self.model_config.get("backbone_random", False):
+            frozen = self.model.backbone.init(rng_backbone, dummy)     # the control arm
+        elif self.stage1 is not None:
             from cervix_jax.train import task_retinanet
             frozen = task_retinanet.load_stage1_backbone(self.backbone_checkpoint, self.stage1)
         elif self.backbone_checkpoint:
