@@ -1,16 +1,22 @@
 """The README's demo (`make demo`): paper B's classifier end to end on the synthetic data.
 
-    python launch.py demo --config configs/demo.py --workdir runs/demo          # make demo
+    python launch.py demo --config configs/demo.py --workdir runs/demo \
+        --config.model.backbone_checkpoint=runs/demo_stage1                      # make demo
     python launch.py demo --config configs/demo.py:patch --workdir runs/demo_a  # paper A's model
     python launch.py review --workdir runs/demo                                 # rate its heatmaps
 
 Builds `synthetic_cervix/demo` (192 images of 128x192 with cervix/os/TZ/lesion masks), trains the
-P3+P6+P7 pyramid head of a ResNet50-FPN (random-initialised and frozen: no pretrained weights can be
-downloaded here; convert your own with `python -m cervix_jax.convert.cli`), evaluates (val-chosen
-threshold, ROC, score histograms) and explains the test images (CAM, CRM, Grad-CAM: maps,
-overlays, grids, a table of ROI area / pointing game / IoU against the masks / deletion and
-insertion AUC). About 5 minutes on 2 CPU cores. `:patch` runs paper A's patch model instead (it
-writes the regulator evolution figure too).
+P3+P6+P7 pyramid head of a frozen ResNet-FPN, evaluates (val-chosen threshold, ROC, score histograms)
+and explains the test images (CAM, CRM, Grad-CAM: maps, overlays, grids, a table of ROI area /
+pointing game / IoU against the masks / deletion and insertion AUC). `make demo` first trains paper B's
+stage 1 on the same data and split (`launch.py train` + `eval --config configs/retinanet.py:demo
+--workdir runs/demo_stage1`) and passes `--config.model.backbone_checkpoint=runs/demo_stage1`: the head
+then sits on that detector's backbone + FPN (118 CPU-s for this step, measured under load). Without the
+key the backbone is a random-initialised ResNet50-FPN (no pretrained weights can be downloaded here;
+convert your own with `python -m cervix_jax.convert.cli`); with the key and
+`--config.model.backbone_random=True`, the stage-1 architecture random-initialised (the control arm).
+Pixels are normalised the keras-retinanet way ("caffe"), as the stage-1 run's were. `:patch` runs paper
+A's patch model instead (it writes the regulator evolution figure too).
 """
 from cervix_jax.train.config import base_config
 

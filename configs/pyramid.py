@@ -21,8 +21,9 @@
     python launch.py sweep --config configs/pyramid.py:sweep,runlocal --workdir /tmp/pyr_sweep  # tiny, ~45 s
 
 Stage 2 on a stage-1 RetinaNet trained here (configs/retinanet.py): `--config.model.backbone_checkpoint=
-<its workdir>` (its best checkpoint's backbone + FPN; the architecture comes from that run's config). Without
-the key the same architecture stays random-initialised: the control arm.
+<its workdir> --config.data.normalization=caffe` (its best checkpoint's backbone + FPN; the architecture
+comes from that run's config; a normalization other than the run's is refused). The control arm adds
+`--config.model.backbone_random=True`: the same architecture, random-initialised.
 
 No pretrained weights can be downloaded here: without `--config.model.backbone_checkpoint=DIR` (made
 by `python -m cervix_jax.convert.cli`, which prints the matching --config.model.* flags) the backbone is

@@ -107,8 +107,11 @@ def test_retinanet_configs():
     assert local.model.backbone == "tiny" and all(c.data.with_masks for c in (full, cpu, local, demo))
     # make demo's stage 1 and its pyramid head see the same data, split and pixel normalization
     stage2 = demo_config.get_config(None)
-    for key in ("name", "image_size", "pad_to", "normalization", "split_seed", "test_fraction", "val_fraction"):
+    for key in ("name", "image_size", "pad_to", "normalization", "split_seed", "test_fraction",
+                "val_fraction", "label"):
         assert demo.data[key] == stage2.data[key], key
+    from cervix_jax.train.config import validate
+    assert all(validate(c) == [] for c in (full, cpu, local, demo, stage2))
     assert task_retinanet.network_from_config(cpu.model).num_classes == 2
     try:
         retinanet_config.get_config("gpu")
