@@ -2,15 +2,16 @@
 
     python launch.py <mode> --config configs/<file>.py[:arg] --workdir DIR [--config.key=value ...]
 
-modes: prepare (build the dataset), train, eval, explain, sweep (then its reports), report (the
-reports of config.sweep.reports on an existing workdir), demo (= prepare + train + eval + explain),
-review, review-summary. Unknown config keys, values of the wrong type and values out of range fail
-at once, all of them listed. `train`/`sweep`/`demo` save the config to WORKDIR/config.json
+modes: prepare (build the dataset), train, eval, explain, sweep (then its reports), report (the reports
+of config.sweep.reports on an existing workdir), demo (= prepare + train + eval + explain), review,
+review-summary. `prepare --rebuild` rebuilds a cervix_folder build whose inputs changed (without it such
+a build is refused as stale, exit 2). Unknown config keys, values of the wrong type and values out of
+range fail at once, all of them listed. `train`/`sweep`/`demo` save the config to WORKDIR/config.json
 once and refuse a later config that differs outside an allow-list (`--force_new_config` accepts it);
-they and `review` hold a workdir lock. `eval`/`explain`/`report` never write config.json
-(`--out DIR` puts their results elsewhere; required on a sweep point). Multi-host: pass
---coordinator/--num_processes/--process_id (or set config.parallel.distributed=True to read the
-standard environment). See docs/training.md.
+they and `review` hold a workdir lock. `eval`/`explain`/`report` never write config.json (`--out DIR`
+puts their results elsewhere; required on a sweep point). Multi-host: pass
+--coordinator/--num_processes/--process_id (or set config.parallel.distributed=True to read the standard
+environment). See docs/training.md.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ _FORCE_NEW_CONFIG = flags.DEFINE_boolean(
     "outside the allow-list (the change is recorded in WORKDIR/config_changes.jsonl)")
 _OUT = flags.DEFINE_string("out", "", "eval/explain: results folder instead of WORKDIR/eval or "
                            "WORKDIR/explain/<split> (required on a sweep point)")
+_REBUILD = flags.DEFINE_boolean("rebuild", False, "prepare/demo: delete and rebuild a cervix_folder build "
+                                "whose inputs changed (otherwise such a build is refused as stale)")
 WRITERS = ("train", "sweep", "demo")
 
 
@@ -108,7 +111,7 @@ def _write_mode(mode: str, config, workdir: Path) -> dict:
 def prepare(config) -> dict:
     """Builds the tfds dataset of config.data (in-memory `memory/<n>` data has nothing to build)."""
     from cervix_jax.data.builders import load_source
-    source, info = load_source(config.data)
+    source, info = load_source(config.data, rebuild=_REBUILD.value)
     return {"prepared": config.data.name, "examples": len(source),
             "result": str(info.data_dir) if info is not None else "in-memory data: nothing to build"}
 

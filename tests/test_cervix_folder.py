@@ -12,6 +12,8 @@ from PIL import Image
 
 from cervix_jax.data import builders, images, pipeline
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def _save(path, array, **kw):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +99,35 @@ def test_manual_dir_is_the_csv_and_stale_builds(tmp_path, rng, capsys):
     with pytest.raises(ValueError, match="4 then, 5 now"):
         builders.prepare(data)
     capsys.readouterr()
+
+
+def test_launch_prepare_refuses_a_stale_build_and_rebuilds_it(tmp_path, rng):
+    """Through the command line: a stale build is an error message (exit 2, no traceback); --rebuild
+    rebuilds it with the edited labels."""
+    import subprocess
+    root = tmp_path / "m"
+    for i in range(4):
+        _save(root / "img" / f"{i}.png", _rgb(rng, 36, 44))
+    csv = root / "manifest.csv"
+    csv.write_text("path,label,group\n" + "".join(f"img/{i}.png,{i % 2},w{i // 2}\n" for i in range(4)))
+    data = _data(tmp_path, csv, "cervix_folder/identity")
+    builders.prepare(data)
+    csv.write_text(csv.read_text().replace(",0,", ",1,"))  # labels edited after the build
+
+    def prepare(*extra):
+        args = [sys.executable, "launch.py", "prepare", "--config", "configs/demo.py",
+                *(f"--config.data.{k}={v}" for k, v in data.items()), *extra]
+        return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    p = prepare()
+    assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-4000:])
+    assert "stale: the manifest's content changed" in p.stderr and "--rebuild" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = prepare("--rebuild")
+    assert p.returncode == 0, (p.returncode, p.stdout[-2000:], p.stderr[-4000:])
+    assert "rebuilding" in p.stdout
+    source, _ = builders.load_source(data)
+    assert [int(r["label"]) for r in _rows(source)] == [1, 1, 1, 1]
 
 
 def test_manifest_encodings(tmp_path, rng):

@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -342,7 +344,15 @@ def test_cli_writes_a_checkpoint_the_pyramid_task_loads(golden, torchvision_mode
     src = tmp_path / "retinanet_v1.npz"
     np.savez(src, **sd)
     out_dir = tmp_path / "ckpt"
-    flags = cli.main([str(src), str(out_dir), "--format", "torchvision-v1"])
+    # As a user runs it: `python -m cervix_jax.convert.cli` in its own process; it prints the flags.
+    proc = subprocess.run([sys.executable, "-m", "cervix_jax.convert.cli", str(src), str(out_dir),
+                           "--format", "torchvision-v1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    flags = [f for f in proc.stdout.split() if f.startswith("--config.model.")
+             and not f.startswith("--config.model.backbone_checkpoint=")]
+    assert f"--config.model.backbone_checkpoint={out_dir}" in proc.stdout.split()
+    assert json.loads((out_dir / "backbone.json").read_text())["format"] == "torchvision-v1"
     model_config = mlc.ConfigDict({
         "name": "pyramid", "levels": "p3,p6,p7", "upsample": "nearest_legacy", "backbone": "resnet50",
         "style": "caffe", "stem": "same", "bn_eps": 1e-5, "conv_bias": False, "p6_from": "C5",

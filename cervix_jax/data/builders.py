@@ -32,6 +32,12 @@ import tensorflow_datasets as tfds
 
 from cervix_jax.data import images as images_lib
 from cervix_jax.data import synthetic
+from cervix_jax.train.errors import RunRefused
+
+
+class StaleBuildError(RunRefused, ValueError):
+    """A cervix_folder build whose inputs changed; `launch.py prepare --rebuild` (or the builders CLI's
+    `--rebuild`) deletes and rebuilds it. launch.py prints the message and exits 2, no traceback."""
 
 REPORT_NAME = "build_report.json"
 _T = tfds.features.Tensor
@@ -394,10 +400,11 @@ def prepare(data_config, label_map: Optional[dict] = None, *,
         stale = _stale_reasons(report, _build_inputs(found, cfg))
         if stale and not rebuild:
             name = f"cervix_folder/{cfg.name}" + (" --label_map ..." if cfg.name == "custom" else "")
-            raise ValueError(
-                f"cervix_folder: the build in {builder.data_dir} is stale: {'; '.join(stale)}. Delete that "
-                f"folder to rebuild it (or run python -m cervix_jax.data.builders --name {name} --manual_dir "
-                f"{str(manual_dir)!r} --data_dir {str(builder.data_dir_root)!r} --rebuild), or use another "
+            raise StaleBuildError(
+                f"cervix_folder: the build in {builder.data_dir} is stale: {'; '.join(stale)}. Rebuild it "
+                f"with `python launch.py prepare --config <your config> --rebuild` (or python -m "
+                f"cervix_jax.data.builders --name {name} --manual_dir {str(manual_dir)!r} --data_dir "
+                f"{str(builder.data_dir_root)!r} --rebuild), delete that folder, or use another "
                 "data.data_dir")
         if stale:
             print(f"cervix_folder: rebuilding {builder.data_dir}: {'; '.join(stale)}", flush=True)
@@ -409,13 +416,14 @@ def prepare(data_config, label_map: Optional[dict] = None, *,
     return builder
 
 
-def load_source(data_config, label_map: Optional[dict] = None):
-    """(random-access source of split "train", DatasetInfo), building first if needed. `memory/<n>`
-    (tests, smoke runs) gives an in-memory source (`cervix_jax.data.memory`) and info None."""
+def load_source(data_config, label_map: Optional[dict] = None, *, rebuild: bool = False):
+    """(random-access source of split "train", DatasetInfo), building first if needed (`rebuild`: see
+    `prepare`). `memory/<n>` (tests, smoke runs) gives an in-memory source (`cervix_jax.data.memory`)
+    and info None."""
     from cervix_jax.data import memory
     if memory.is_memory(_get(data_config, "name")):
         return memory.source(data_config), None
-    builder = prepare(data_config, label_map)
+    builder = prepare(data_config, label_map, rebuild=rebuild)
     return builder.as_data_source("train"), builder.info
 
 
