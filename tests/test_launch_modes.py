@@ -206,8 +206,9 @@ def test_review_serves_the_explain_output_and_is_one_per_workdir(patch_run, env)
     wd, _ = patch_run
     port = _free_port()
     cmd = [sys.executable, "launch.py", "review", "--workdir", str(wd), "--port", str(port)]
+    # Started as a script's background job is: with SIGINT ignored (the server must still stop on it).
     server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+                              text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
         while True:
@@ -224,7 +225,12 @@ def test_review_serves_the_explain_output_and_is_one_per_workdir(patch_run, env)
         assert second.returncode == 2 and "is in use by `review`" in second.stderr, second.stderr[-2000:]
     finally:
         server.send_signal(signal.SIGINT)
-        server.communicate(timeout=60)
+        try:
+            server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
+    assert server.returncode == 0, server.returncode
     assert not (wd / "review" / ".lock").exists()
     p = ok(launch(env, "review-summary", "--workdir", wd, timeout=120))
     assert (wd / "review" / "summary.md").exists() and "summary" in p.stdout

@@ -140,3 +140,40 @@ def test_zipped_sweep_key_sets_both_keys():
     c.sweep.grid = (("seed+data.nope", (1,)),)
     with pytest.raises(KeyError, match="data.nope"):
         point_config(c, grid_points(c)[0])
+
+
+def test_fig4ef_probability_by_grade_and_visit(tmp_path, rng):
+    n = 40
+    scores = {"id": rng.permutation(100)[:n], "score": rng.uniform(0, 1, n)}
+    grade = {int(i): int(rng.integers(0, 5)) for i in range(100)}
+    groups = paper_a.probability_by(scores, grade)
+    g = np.array([grade[int(i)] for i in scores["id"]])
+    assert list(groups) == sorted(set(g.tolist()))
+    for v, s in groups.items():                       # reference: a plain loop over the images
+        np.testing.assert_array_equal(s, [x for x, gv in zip(scores["score"], g) if gv == v])
+    with pytest.raises(KeyError, match="no value"):
+        paper_a.probability_by({"id": np.array([100]), "score": np.array([0.5])}, grade)
+
+    # The figures of fabricated points; grade and visit come from the lookup (one call per data config).
+    root = tmp_path / "sweep"
+    patch = {"name": "patch", "regulator": "iterative", "spatial_reduction": "sum"}
+    for s in range(2):
+        _point(root, f"seed={s}", patch, rng, 0.8)
+        cfg = root / "points" / f"seed={s}" / "config.json"
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "data": {"name": "synthetic_cervix/x"}}))
+    calls = []
+
+    def lookup(config):
+        calls.append(config["data"]["name"])
+        return {"cin_grade": {i: i % 5 for i in range(30)}, "visit": {i: i % 3 for i in range(30)}}
+
+    result = paper_a.write_many(tmp_path / "out", [root], lookup=lookup)
+    assert calls == ["synthetic_cervix/x"] and result["notes"] == []
+    for f in ("fig4e_grade.png", "fig4f_visit.png"):
+        assert f in result["written"] and (tmp_path / "out" / f).stat().st_size > 0
+
+    def no_keys(config):
+        raise KeyError("examples have no 'cin_grade'")
+
+    result = paper_a.write_many(tmp_path / "out2", [root], lookup=no_keys)
+    assert "fig4e_grade.png" not in result["written"] and "cin_grade" in result["notes"][0]

@@ -16,7 +16,11 @@ validation), and writes into OUT_DIR:
 - `fig4c_scores.png`: predicted-probability distributions per class and approach (all runs);
 - with `--tsne`, `fig4d_tsne.png`: scikit-learn's t-SNE of the aggregated image features (the
   classifier's input, `task.image_features`) of the test images of each approach's first run,
-  coloured by class.
+  coloured by class;
+- `fig4e_grade.png` / `fig4f_visit.png`: the test images' predicted probability by CIN grade (box
+  per grade) and by screening visit (mean per visit and class), all runs of each approach, when the
+  runs' data carry `cin_grade` and `visit` (synthetic v2, docs/data.md); otherwise they are left out
+  and the result's `notes` says why.
 """
 from __future__ import annotations
 
@@ -249,6 +253,106 @@ def write_tsne(runs: list[dict], out: Path) -> str:
     return "fig4d_tsne.png"
 
 
+IMAGE_KEYS = ("cin_grade", "visit")   # Fig. 4e and 4f
+
+
+def probability_by(scores: dict, value_by_id: dict) -> dict[int, np.ndarray]:
+    """Predicted probabilities grouped by a per-image integer (CIN grade or visit, Fig. 4e/f).
+
+    scores: {"id" [n], "score" [n]} (`rundir.read_scores`); value_by_id: id -> value. Returns
+    {value: the scores of the images with that value, in id order of `scores`}, values sorted.
+    """
+    ids = np.asarray(scores["id"])
+    missing = [int(i) for i in ids if int(i) not in value_by_id]
+    if missing:
+        raise KeyError(f"probability_by: {len(missing)} scored ids have no value, e.g. {missing[:5]}")
+    values = np.array([int(value_by_id[int(i)]) for i in ids], np.int64)
+    s = np.asarray(scores["score"], np.float64)
+    return {int(v): s[values == v] for v in np.unique(values)}
+
+
+def image_keys(config: dict) -> dict[str, dict[int, int]]:
+    """{"cin_grade": {id: grade}, "visit": {id: visit}} of every example of a run's data (config.json's
+    `data`); KeyError naming the dataset when its examples do not carry them (only synthetic v2 does)."""
+    import ml_collections as mlc
+
+    from cervix_jax.train.data import open_source
+    source, index = open_source(mlc.ConfigDict(config["data"]))
+    out: dict[str, dict[int, int]] = {k: {} for k in IMAGE_KEYS}
+    for pos, i in enumerate(np.asarray(index["id"]).tolist()):
+        example = source[pos]
+        for k in IMAGE_KEYS:
+            if k not in example:
+                raise KeyError(f"{config['data']['name']}: examples have no {k!r} (keys: {sorted(example)}); "
+                               f"Fig. 4e/f need synthetic v2 data")
+            out[k][int(i)] = int(example[k])
+    return out
+
+
+def write_grade_visit(runs: list[dict], out: Path, lookup=image_keys) -> list[str]:
+    """Fig. 4e (probability by CIN grade) and 4f (by visit, per class) of the runs' test images.
+
+    lookup(config) -> {"cin_grade": {id: v}, "visit": {id: v}} (default `image_keys`, cached per data
+    config)."""
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cache: dict[str, dict] = {}
+    names = list(dict.fromkeys(r["approach"] for r in runs))
+    per: dict[str, dict[str, list]] = {}
+    for r in runs:
+        key = json.dumps(r["config"].get("data", {}), sort_keys=True)
+        if key not in cache:
+            cache[key] = lookup(r["config"])
+        keys = cache[key]
+        test = r["scores"]["test"]
+        p = per.setdefault(r["approach"], {"score": [], "label": [], "cin_grade": [], "visit": []})
+        p["score"].append(np.asarray(test["score"], np.float64))
+        p["label"].append(np.asarray(test["label"], np.int64))
+        for k in IMAGE_KEYS:
+            p[k].append(np.array([keys[k][int(i)] for i in test["id"]], np.int64))
+    per = {n: {k: np.concatenate(v) for k, v in p.items()} for n, p in per.items()}
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 2.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        p = per[name]
+        groups = probability_by({"id": np.arange(len(p["score"])), "score": p["score"]},
+                                dict(enumerate(p["cin_grade"].tolist())))
+        ax.boxplot([groups[g] for g in groups], positions=list(groups), widths=0.6)
+        ax.set_xlabel("CIN grade")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(name, fontsize=7)
+    axes[0][0].set_ylabel("P(dysplasia), test images")
+    fig.tight_layout()
+    fig.savefig(out / "fig4e_grade.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 2.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        p = per[name]
+        for c, colour in ((0, "tab:blue"), (1, "tab:red")):
+            keep = p["label"] == c
+            if not keep.any():
+                continue
+            groups = probability_by({"id": np.flatnonzero(keep), "score": p["score"][keep]},
+                                    dict(enumerate(p["visit"].tolist())))
+            ax.errorbar(list(groups), [g.mean() for g in groups.values()],
+                        yerr=[g.std() for g in groups.values()], color=colour, marker="o", capsize=3,
+                        label=("normal" if c == 0 else "dysplasia"))
+        ax.set_xlabel("visit")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(name, fontsize=7)
+    axes[0][0].set_ylabel("P(dysplasia): mean ± sd")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "fig4f_visit.png", dpi=120)
+    plt.close(fig)
+    return ["fig4e_grade.png", "fig4f_visit.png"]
+
+
 def area_matched_centre_region(area_fraction: float, shape: tuple[int, int]) -> np.ndarray:
     """The regulator ablation's shape control: the centred ellipse (the image's aspect, i.e. the
     top level set of the initial centred regulator) covering `area_fraction` of an [h, w] image,
@@ -277,8 +381,9 @@ def write(config, workdir) -> dict:
     return write_many(workdir, [workdir])
 
 
-def write_many(out_dir, workdirs, *, tsne: bool = False) -> dict:
-    """Table 1 and Fig. 4 (a-c, and d with tsne) of the points of several sweeps into out_dir."""
+def write_many(out_dir, workdirs, *, tsne: bool = False, lookup=image_keys) -> dict:
+    """Table 1 and Fig. 4 (a-c, e-f when the data carry CIN grade and visit, d with tsne) of the
+    points of several sweeps into out_dir. `lookup`: see `write_grade_visit`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = choose_k(collect(workdirs))
@@ -289,9 +394,17 @@ def write_many(out_dir, workdirs, *, tsne: bool = False) -> dict:
         w.writeheader()
         w.writerows(rows)
     written = ["table1.md", "table1.csv"] + write_figures(runs, rows, out)
+    notes = []
+    if all("data" in r["config"] for r in runs):
+        try:
+            written += write_grade_visit(runs, out, lookup)
+        except KeyError as e:
+            notes.append(f"Fig. 4e/f left out: {e}")
+    else:
+        notes.append("Fig. 4e/f left out: a point's config.json has no data section")
     if tsne:
         written.append(write_tsne(runs, out))
-    return {"out": str(out), "written": written, "rows": rows}
+    return {"out": str(out), "written": written, "rows": rows, "notes": notes}
 
 
 def main(argv=None) -> dict:
@@ -302,6 +415,8 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     result = write_many(a.out_dir, a.workdirs, tsne=a.tsne)
     print(table1_markdown(result["rows"]))
+    for note in result["notes"]:
+        print(note)
     return result
 
 

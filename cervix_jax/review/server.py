@@ -18,6 +18,7 @@ import math
 import os
 import random
 import re
+import signal
 import socket
 import sys
 import tempfile
@@ -591,9 +592,23 @@ def serve(workdir, *, split="test", port=8765, host="127.0.0.1", reviewer=None, 
           f"ratings go to {os.path.join(server.state.workdir, 'review')}; Ctrl-C stops the server")
     if open_browser:
         webbrowser.open(url)
+    previous = _stop_on_signals()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_on_signals() -> dict:
+    """SIGINT and SIGTERM stop the server cleanly (its workdir lock released), also when it was started
+    from a script's background job, where the shell makes the process ignore SIGINT. Returns the
+    handlers it replaced; nothing is installed outside the main thread (tests run servers in threads)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    return {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
