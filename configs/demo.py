@@ -16,7 +16,11 @@ key the backbone is a random-initialised ResNet50-FPN (no pretrained weights can
 convert your own with `python -m cervix_jax.convert.cli`); with the key and
 `--config.model.backbone_random=True`, the stage-1 architecture random-initialised (the control arm).
 Pixels are normalised the keras-retinanet way ("caffe"), as the stage-1 run's were. `:patch` runs paper
-A's patch model instead (it writes the regulator evolution figure too).
+A's patch model instead (it writes the regulator evolution figure too) on the same data with the
+`dysplasia` label; on v2 data it stays at chance (test AUC 0.46, flat patch weights, a regulator that
+does not move): every weighted average over the patches dilutes the CIN2+ lesion's texture below what it
+learns within the demo's budget (docs/results/paper_a.md, "The demo's patch model", has the runs that
+were tried).
 """
 from cervix_jax.train.config import base_config
 
@@ -44,8 +48,9 @@ def get_config(arg=None):
     elif family == "patch":
         c.data.label = "dysplasia"
         c.model.patch_size = 8          # 16 x 24 grid of 8-px patches
-        # the demo's settings before the paper-literal defaults (average + sum); it does not reach
-        # the paper's behaviour yet at CPU scale (docs/results/paper_a.md, "The demo's patch model")
+        # the demo's settings before the paper-literal defaults (average + sum); on v2 data neither these
+        # nor any variant tried learns within the demo's budget (docs/results/paper_a.md, "The demo's
+        # patch model"), so they are left as they were
         c.model.aggregation = "normalized"
         c.model.spatial_reduction = "mean"
         c.train.epochs = 10
