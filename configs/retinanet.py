@@ -39,10 +39,11 @@ Variants (`arg`, comma-separated):
   demo      `make demo`'s stage 1: the cpu variant with one bottleneck block per stage ("tiny" backbone,
             width 16, FPN/heads 64 x 2) and 15 epochs (225 steps). Measured on 2 cores shared with two
             other training jobs and a test suite (load average 6-9): train 258 CPU-s (12.9 min wall at
-            33 % of a core), `launch.py eval` 77 CPU-s; 2.8-5.6 min on 2 idle cores (CPU seconds / 2 ..
-            / 1). Test split (40 images): AUC 0.632, cervix box AP50 0.650, AP 0.509, mean IoU of the
-            top box 0.88; the P3+P6+P7 head on its frozen backbone: test AUC 0.749 vs 0.325 on the same
-            architecture random-initialised (configs/demo.py, README "Quick start").
+            33 % of a core), `launch.py eval` 77 CPU-s; on the 2 cores nearly idle (load average < 2):
+            train 156 s + eval 54 s wall, 3.5 min, same numbers. Test split (40 images): AUC 0.632,
+            cervix box AP50 0.650, AP 0.509, mean IoU of the top box 0.88; the P3+P6+P7 head on its
+            frozen backbone: test AUC 0.749 vs 0.325 on the same architecture random-initialised
+            (configs/demo.py, README "Quick start").
   runlocal  tiny backbone (one block per stage, width 4, FPN 8, heads 8 x 1) on synthetic_cervix/tiny at
             128 x 192, 2 epochs: tests and smoke runs.
 """
