@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. pytest exits 5 when it collects nothing: that is a failure here too,
-# because a suite that runs no test proves nothing.
+# Runs the whole test suite on PYTEST_WORKERS processes (pytest-xdist; default 2, the CI machine's
+# cores; PYTEST_WORKERS=0 runs it in this process). `--dist loadfile` keeps each test file on one
+# worker, so a module's expensive fixtures (a trained run, a built dataset) are made once.
+# pytest exits 5 when it collects nothing: that is a failure here too, because a suite that runs no
+# test proves nothing.
 set -uo pipefail
 PY=${1:-.venv/bin/python}
-"$PY" -m pytest -q tests "${@:2}"
+WORKERS=${PYTEST_WORKERS:-2}
+if [ "$WORKERS" -gt 0 ]; then
+  "$PY" -m pytest -q -n "$WORKERS" --dist loadfile tests "${@:2}"
+else
+  "$PY" -m pytest -q tests "${@:2}"
+fi
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "run_tests: pytest collected no tests (exit 5)" >&2

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _STEPS = textwrap.dedent("""
     import os, sys, functools
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + sys.argv[1]
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={sys.argv[1]}"
     import jax, jax.numpy as jnp, numpy as np, optax
     from cervix_jax.train.task_tiny import TinyTask
     from cervix_jax.train.state import create_state
