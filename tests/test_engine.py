@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from cervix_jax import reports
-from cervix_jax.train import loop
+from cervix_jax.train import identity, loop
 from cervix_jax.train.checkpoint import Checkpoints, restore
 from cervix_jax.train.config import base_config
 from cervix_jax.train.data import local_data
@@ -63,6 +63,7 @@ def test_sweep_runs_points_resumes_and_summarizes(tmp_path):
     c.sweep.grid = (("model.width", (2, 4)), ("seed", (0, 1)))
     points = grid_points(c)
     assert len(points) == 4 and points[1] == {"model.width": 2, "seed": 1}
+    identity.record(c, tmp_path, mode="sweep")   # as `launch.py sweep` does: the points' `eval` is the sweep's
     out = sweep(c, tmp_path)
     assert out["status"] == "finished"
     reports.write(c, tmp_path)   # the summary, as `launch.py sweep` runs it at the end

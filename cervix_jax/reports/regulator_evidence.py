@@ -78,10 +78,10 @@ def measure_point(config, pdir: Path, data, train_ex, test_ex, explain: bool) ->
     index_path = out_dir / "index.json"
     if not index_path.exists():
         if not explain:
-            raise FileNotFoundError(f"{index_path}: no explanations; run `launch.py explain` on the point "
-                                    f"first, or the report with explain=True")
+            raise FileNotFoundError(f"{index_path}: no explanations; run the report with explain=True "
+                                    f"(it writes them there, as the sweep's owner)")
         t0 = time.time()
-        explain_split(config, pdir)
+        explain_split(config, pdir, out_dir=out_dir)
         print(f"  explained {pdir.name} in {time.time() - t0:.0f} s", flush=True)
     index = read_index(out_dir)
     per_image = {int(it["id"]): it["metrics"]["weights"] for it in index["items"]}

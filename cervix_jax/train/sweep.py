@@ -76,7 +76,7 @@ def train_points_with_loop(config, points: list, workdir) -> list:
         identity.record(pc, pdir, mode="sweep")   # a point made under another config is refused
         if train(pc, pdir)["status"] == "interrupted":
             return list(points[i:])
-        evaluate(pc, pdir)
+        evaluate(pc, pdir, out_dir=pdir / rundir.EVAL_DIR)   # the sweep owns its points' eval/
     return []
 
 
