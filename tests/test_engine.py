@@ -63,7 +63,7 @@ def test_sweep_runs_points_resumes_and_summarizes(tmp_path):
     c.sweep.grid = (("model.width", (2, 4)), ("seed", (0, 1)))
     points = grid_points(c)
     assert len(points) == 4 and points[1] == {"model.width": 2, "seed": 1}
-    identity.record(c, tmp_path, mode="sweep")   # as `launch.py sweep` does: the points' `eval` is the sweep's
+    identity.record(c, tmp_path, mode="sweep")   # the root config.json, as `launch.py sweep` writes it
     out = sweep(c, tmp_path)
     assert out["status"] == "finished"
     reports.write(c, tmp_path)   # the summary, as `launch.py sweep` runs it at the end
