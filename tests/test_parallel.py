@@ -25,7 +25,10 @@ _STEPS = textwrap.dedent("""
     from cervix_jax.train.parallel import data_parallel, to_host
     D = jax.local_device_count(); assert D == int(sys.argv[1]), D
     rng = np.random.default_rng(int(sys.argv[2]))
-    task, opt = TinyTask(width=4, example_state=True), optax.adam(1e-2)
+    # SGD with momentum: an update linear in the gradient, so float32 reassociation of the gradient
+    # sum (8 partial sums vs 1) stays ~1e-7; Adam's g / sqrt(v) amplifies it for near-zero
+    # gradient entries (seed 1690368846: 1e-5 after 3 steps), which says nothing about the wrappers.
+    task, opt = TinyTask(width=4, example_state=True), optax.sgd(0.1, momentum=0.9)
     N, B = 40, 16
     batches = [{"image": rng.random((B, 10, 10, 3), dtype=np.float32),
                 "label": rng.integers(0, 2, B).astype(np.int32),
