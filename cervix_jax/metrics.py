@@ -192,6 +192,16 @@ def paired_bootstrap_diff(metric_fn: Callable[[np.ndarray, np.ndarray], float], 
     return _interval(metric_fn(scores_a, labels) - metric_fn(scores_b, labels), values, alpha)
 
 
+def _hierarchical_resamples(members: list, n_boot: int, seed: int):
+    """Yields, per resample, [(run, index array)]: runs drawn with replacement, then inside every drawn
+    run its groups (women) with replacement. `members`: per run, its groups' example indices."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        runs = rng.integers(0, len(members), len(members))
+        yield [(r, np.concatenate([members[r][g] for g in rng.integers(0, len(members[r]), len(members[r]))]))
+               for r in runs]
+
+
 def hierarchical_bootstrap_diff(diffs, groups, *, n_boot: int = 2000, seed: int = 0,
                                 alpha: float = 0.05) -> dict:
     """Interval of the mean paired difference over runs, resampling runs AND women.
@@ -214,15 +224,46 @@ def hierarchical_bootstrap_diff(diffs, groups, *, n_boot: int = 2000, seed: int 
                              f"differences of shape {d.shape}")
         members.append(_group_members(g))
     per_run = np.array([d.mean() for d in diffs])
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        runs = rng.integers(0, len(diffs), len(diffs))
-        means = []
-        for r in runs:
-            pick = rng.integers(0, len(members[r]), len(members[r]))
-            means.append(diffs[r][np.concatenate([members[r][g] for g in pick])].mean())
-        values.append(np.mean(means))
+    values = [np.mean([diffs[r][i].mean() for r, i in draw])
+              for draw in _hierarchical_resamples(members, n_boot, seed)]
+    out = _interval(float(per_run.mean()), values, alpha)
+    out["per_run"] = per_run.tolist()
+    return out
+
+
+def hierarchical_bootstrap_ci(metric_fn: Callable[[np.ndarray, np.ndarray], float], runs, *,
+                              n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Interval of the mean over runs of an image-level metric (AUC, accuracy at a fixed threshold...),
+    resampling runs AND, inside every drawn run, its women.
+
+    runs: one tuple per run (seed x split, each scored on its own test women): (scores, labels, groups)
+    for metric(scores, labels), or (scores_a, scores_b, labels, groups) for the paired difference
+    metric(a) - metric(b) (the same women resample for both arms). The statistic of a resample is the
+    mean over the drawn runs of each run's metric on its resampled women; resamples where the metric is
+    not finite (e.g. AUC of a one-class draw) are left out (`n_boot` counts the rest). Estimate: the
+    mean over runs of the per-run metric. Same keys as `bootstrap_ci`, plus "per_run".
+    """
+    if not runs:
+        raise ValueError("hierarchical_bootstrap_ci: expected at least one run, got none")
+    arms, members = [], []
+    for k, run in enumerate(runs):
+        if len(run) not in (3, 4):
+            raise ValueError(f"hierarchical_bootstrap_ci: run {k}: expected (scores, labels, groups) or "
+                             f"(scores_a, scores_b, labels, groups), got a tuple of {len(run)}")
+        *scores, labels, groups = run
+        pairs = [_as_inputs(s, labels) for s in scores]
+        _check_groups(groups, pairs[0][1])
+        arms.append(([p[0] for p in pairs], pairs[0][1]))
+        members.append(_group_members(groups))
+
+    def stat(r, idx=None):
+        scores, labels = arms[r]
+        idx = np.arange(labels.size) if idx is None else idx
+        values = [metric_fn(s[idx], labels[idx]) for s in scores]
+        return values[0] if len(values) == 1 else values[0] - values[1]
+
+    per_run = np.array([stat(r) for r in range(len(runs))], np.float64)
+    values = [np.mean([stat(r, i) for r, i in draw]) for draw in _hierarchical_resamples(members, n_boot, seed)]
     out = _interval(float(per_run.mean()), values, alpha)
     out["per_run"] = per_run.tolist()
     return out

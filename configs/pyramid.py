@@ -60,6 +60,9 @@ def get_config(arg: str = "p3p6p7"):
     c.train.epochs = 30
 
     c.model.levels = levels
+    # CAM, and CRM in paper B's score space (Section 3.3 "using Equation (1)": linear scores of the
+    # pooled features, no softmax; `crm_linear`) beside CRM of the softmax outputs (`crm`)
+    c.explain.methods = ("cam", "crm_linear", "crm")
     c.sweep.grid = (("model.levels", tuple(pyramid.PAPER_HEADS)),)   # the paper's seven heads
     c.sweep.trainer = "cached_heads"        # frozen backbone: every head from one backbone pass
     c.sweep.reports = ("summary", "paper_b_table")

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cervix_jax.explain import cam, crm, crm_nlm, crm_pooled
+from cervix_jax.explain import cam, crm, crm_linear, crm_nlm, crm_pooled
 
 
 def softmax64(z):
@@ -125,6 +125,26 @@ def test_crm_nlm_is_sum_of_squared_cams(rng):
     ref = brute_force_crm(lambda x: x.sum((0, 1)) @ k.astype(np.float64), f)
     assert rel_err(crm_nlm(f, k), ref) < 1e-5
     assert rel_err(crm(lambda x: x.sum((0, 1)) @ k, f), ref) < 1e-4
+
+
+def test_crm_linear_is_eq1_ablated_by_brute_force(rng):
+    """Paper B's Eq. (1) space: linear scores of the (weighted) pooled features, no bias, no softmax,
+    ablated location by location in float64; uniform and padding-style pooling weights."""
+    f = rng.normal(size=(5, 7, 9)).astype(np.float32)
+    k = rng.normal(size=(9, 2)).astype(np.float32)
+    k64 = k.astype(np.float64)
+    valid = np.zeros((5, 7))
+    valid[:4, :6] = rng.uniform(0.5, 1.0, size=(4, 6))      # a padded corner: weight 0
+    p = valid / valid.sum()
+    for weights in (None, p):
+        pw = np.full((5, 7), 1 / 35) if weights is None else weights
+        ref = brute_force_crm(lambda x: np.einsum("yx,yxk->k", pw, x) @ k64, f)
+        got = crm_linear(f, k) if weights is None else crm_linear(f, k, weights.astype(np.float32))
+        assert rel_err(got, ref) < 1e-5
+    # without padding it is crm_nlm's map up to the constant 1 / (h w)^2
+    assert rel_err(crm_linear(f, k) * 35 ** 2, np.asarray(crm_nlm(f, k), np.float64)) < 1e-5
+    with pytest.raises(ValueError, match="pool_weights of shape"):
+        crm_linear(f, k, np.ones((4, 7), np.float32))
 
 
 def test_jit_vmap_grad_through_cam_and_crm(rng):

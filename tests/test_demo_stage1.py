@@ -87,3 +87,21 @@ def test_control_arm_is_the_stage1_architecture_with_random_weights(tmp_path):
     assert not np.array_equal(a["params"]["classifier"]["kernel"], b["params"]["classifier"]["kernel"])
     config.model.backbone_checkpoint = str(tmp_path / "converted")           # not a stage-1 run
     assert any("backbone_random" in p for p in validate(config))
+
+
+def test_stage2_refuses_a_stage1_run_on_another_split_of_the_same_data(tmp_path):
+    """Stage 1 must never have seen stage 2's test women: same dataset, different split seed is refused
+    at validation; the same split, or another dataset, is accepted."""
+    from cervix_jax.train.config import load_config, validate
+    stage1 = load_config(str(ROOT / "configs/retinanet.py") + ":demo")
+    stage1.data.split_seed = 2
+    (tmp_path / "config.json").write_text(stage1.to_json_best_effort())
+    config = load_config(str(ROOT / "configs/demo.py"))
+    config.model.backbone_checkpoint = str(tmp_path)
+    problems = validate(config)
+    assert len(problems) == 1 and "split_seed=0: expected 2" in problems[0] and str(tmp_path) in problems[0]
+    config.data.split_seed = 2
+    assert validate(config) == []
+    config.data.split_seed = 0
+    config.data.name = "synthetic_cervix/tiny"            # another dataset: its own women
+    assert validate(config) == []

@@ -192,7 +192,7 @@ def test_registry_one_signature_jit_vmap(rng, model):
     m = model.explainable()
     xs = rng.uniform(0, 1, size=(2, H, W, 3)).astype(np.float32)
     expected = {"occlusion": (H, W), "integrated_gradients": (H, W)}
-    names = ["cam", "crm", "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "scorecam",
+    names = ["cam", "crm", "crm_linear", "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "scorecam",
              "ablationcam", "eigencam", "occlusion", "integrated_gradients"]
     assert set(names) <= set(REGISTRY)
     all_maps = lambda x: {name: explain(name, m, x) for name in names}  # noqa: E731
@@ -213,6 +213,15 @@ def test_registry_one_signature_jit_vmap(rng, model):
     feats = np.asarray(model.features(xs[0]), np.float64)
     np.testing.assert_allclose(explain("crm", m, xs[0], score_space="nlm"),
                                np.sum((feats @ model.Wd.astype(np.float64)) ** 2, -1), rtol=1e-4)
+    # paper B's Eq. (1) space: the bias-free linear scores of the GAP, ablated location by location
+    n = feats.shape[0] * feats.shape[1]
+    linear = lambda f: f.mean((0, 1)) @ model.Wd.astype(np.float64)  # noqa: E731
+    ref = np.array([[np.sum((linear(feats) - linear(np.where(
+        (np.arange(feats.shape[0])[:, None, None] == y) & (np.arange(feats.shape[1])[None, :, None] == x),
+        0.0, feats))) ** 2) for x in range(feats.shape[1])] for y in range(feats.shape[0])])
+    np.testing.assert_allclose(explain("crm_linear", m, xs[0]), ref, rtol=1e-4, atol=1e-12 / n)
+    with pytest.raises(ValueError, match="kernel"):
+        explain("crm_linear", model.explainable(kernel=False), xs[0])
     with pytest.raises(ValueError, match="unknown method"):
         explain("gradcam2", m, xs[0])
     with pytest.raises(ValueError, match="kernel"):

@@ -177,3 +177,41 @@ def test_paired_bootstrap_diff_is_bootstrap_of_the_difference_for_a_linear_metri
     assert diff["estimate"] == pytest.approx(a.mean() - b.mean())
     same = metrics.paired_bootstrap_diff(metrics.auc, a, a, labels, groups, n_boot=50, seed=0)
     assert same["low"] == same["high"] == 0.0
+
+
+def test_hierarchical_bootstrap_ci_resamples_runs_and_women(rng):
+    """Per-run AUCs against scikit-learn; runs that disagree widen the interval beyond a women-only
+    bootstrap of the pooled images; the paired form of a mean metric equals hierarchical_bootstrap_diff
+    (same resamples); an arm against itself gives exactly 0."""
+    seed = int(rng.integers(1 << 30))
+    runs, pooled = [], []
+    for k, sep in enumerate((0.2, 1.5, 4.0)):                 # run AUCs ~0.56, ~0.86, ~1.0
+        n = int(rng.integers(40, 60))
+        labels = rng.integers(0, 2, n)
+        labels[:2] = (0, 1)
+        groups = rng.integers(0, n // 3, n)
+        scores = rng.normal(size=n) + sep * labels
+        runs.append((scores, labels, groups))
+        pooled.append((scores, labels, groups + 1000 * k))
+    out = metrics.hierarchical_bootstrap_ci(metrics.auc, runs, n_boot=400, seed=seed)
+    ref = [skm.roc_auc_score(y, s) for s, y, _ in runs]
+    np.testing.assert_allclose(out["per_run"], ref, rtol=1e-12, err_msg=f"seed {seed}")
+    assert out["estimate"] == pytest.approx(np.mean(ref)), f"seed {seed}"
+    assert out["low"] < out["estimate"] < out["high"], f"seed {seed}"
+    s, y, g = (np.concatenate(x) for x in zip(*pooled))
+    women_only = metrics.bootstrap_ci(metrics.auc, s, y, g, n_boot=400, seed=seed)
+    assert out["high"] - out["low"] > 1.5 * (women_only["high"] - women_only["low"]), f"seed {seed}"
+
+    b = [r[0] + rng.normal(size=r[0].size) for r in runs]
+    paired = metrics.hierarchical_bootstrap_ci(lambda sc, _: sc.mean(),
+                                               [(r[0], bb, r[1], r[2]) for r, bb in zip(runs, b)],
+                                               n_boot=200, seed=seed)
+    diff = metrics.hierarchical_bootstrap_diff([r[0] - bb for r, bb in zip(runs, b)], [r[2] for r in runs],
+                                               n_boot=200, seed=seed)
+    for key in ("estimate", "low", "high"):
+        assert paired[key] == pytest.approx(diff[key], rel=1e-9, abs=1e-12), f"seed {seed}"
+    same = metrics.hierarchical_bootstrap_ci(metrics.auc, [(r[0], r[0], r[1], r[2]) for r in runs],
+                                             n_boot=50, seed=seed)
+    assert same["low"] == same["high"] == same["estimate"] == 0.0
+    with pytest.raises(ValueError, match="expected \\(scores, labels, groups\\)"):
+        metrics.hierarchical_bootstrap_ci(metrics.auc, [(s, y)])

@@ -7,6 +7,11 @@ Score space (the `s` above) is a user-visible choice; the maps differ (see docs/
 - `crm`, `crm_pooled`: the head's outputs as the model gives them (softmax for paper B).
 - `crm_nlm`: the authors' group's public Keras code: dense kernel only, no bias, no softmax, sum
   pooling, so s_c = sum_xy CAM_c and the ablation removes exactly CAM_c(y, x): M = sum_c CAM_c^2.
+- `crm_linear`: paper B's Section 3.3, "using Equation (1)": s_c = sum_k w_k^c F_k with F the head's
+  own pooling of the features (GAP, over the valid region when padded), no bias, no softmax; ablating
+  (y, x) lowers s_c by p(y, x) CAM_c(y, x), so M = sum_c (p CAM_c)^2 (p = the pooling weight of the
+  location, 1 / (h w) for a plain GAP). Up to the factor p^2 (constant without padding) this is
+  `crm_nlm`'s map.
 """
 from __future__ import annotations
 
@@ -109,3 +114,18 @@ def crm_nlm(features: Array, kernel: Array) -> Array:
     M(y, x) = sum_c CAM_c(y, x)^2 -> [H, W].
     """
     return jnp.sum(cam(features, kernel) ** 2, axis=-1)
+
+
+def crm_linear(features: Array, kernel: Array, pool_weights: Optional[Array] = None) -> Array:
+    """CRM in paper B's Eq. (1) score space: s_c = sum_k kernel[k, c] F_k, F = sum_yx p(y, x) f(y, x)
+    (p = `pool_weights` [h, w], the uniform 1 / (h w) when None), no bias and no softmax. Ablating the
+    location (y, x) changes s_c by exactly p(y, x) CAM_c(y, x), so M(y, x) = sum_c (p CAM_c)^2 -> [h, w].
+    """
+    check_features(features, "crm_linear")
+    h, w, _ = features.shape
+    p = (jnp.full((h, w), 1.0 / (h * w), features.dtype) if pool_weights is None
+         else jnp.asarray(pool_weights, features.dtype))
+    if p.shape != (h, w):
+        raise ValueError(f"crm_linear: expected pool_weights of shape {(h, w)} (the feature grid), "
+                         f"found {p.shape}")
+    return jnp.sum((cam(features, kernel) * p[..., None]) ** 2, axis=-1)

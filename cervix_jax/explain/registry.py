@@ -6,7 +6,8 @@
 [H, W, 3]. The map lies on the feature grid for the CAM family and CRM, on the image grid for
 "occlusion" and "integrated_gradients" (`Explainer.grid`). `target` (class index, may be traced)
 defaults to the predicted class argmax(model.scores(image)); CRM and Eigen-CAM ignore it (CRM
-sums over all classes). Maps are raw: see `postprocess.heatmap` for display. "crm" runs the exact
+sums over all classes); "crm_linear" is CRM in paper B's Eq. (1) space (linear scores of the pooled
+features, no bias or softmax; `crm.crm_linear`). Maps are raw: see `postprocess.heatmap` for display. "crm" runs the exact
 `crm_pooled` when the model has `post_pool`, else the model's own closed form `model.crm` (paper A's
 patch model), else `crm` in chunks of `batch_size=64` locations.
 Batch with `jax.vmap(lambda x: explain(method, model, x))`.
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 
 from cervix_jax.explain import gradients, perturbation
 from cervix_jax.explain.cam import cam
-from cervix_jax.explain.crm import crm, crm_nlm, crm_pooled
+from cervix_jax.explain.crm import crm, crm_linear, crm_nlm, crm_pooled
 from cervix_jax.explain.eigen import eigencam
 
 Array = jax.Array
@@ -90,12 +91,18 @@ def _crm(model, image, target, *, score_space: str = "scores", batch_size: Optio
     return crm(model.head, features, batch_size=batch_size)
 
 
+def _crm_linear(model, image, target):
+    del target  # CRM sums over all classes
+    return crm_linear(model.features(image), model.kernel, model.pool_weights)
+
+
 def _grad_method(fn):
     return lambda model, image, target: fn(model.head, model.features(image), target)
 
 
 register("cam", _cam, grid="features", needs=("kernel",))
 register("crm", _crm, grid="features")
+register("crm_linear", _crm_linear, grid="features", needs=("kernel",))   # paper B's Eq. (1) space
 register("gradcam", _grad_method(gradients.gradcam), grid="features")
 register("gradcam++", _grad_method(gradients.gradcam_plus_plus), grid="features")
 register("hirescam", _grad_method(gradients.hirescam), grid="features")

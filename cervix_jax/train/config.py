@@ -248,7 +248,8 @@ def _validate_model(config) -> list[str]:
 
 def _stage1_problems(config) -> list[str]:
     """A pyramid head on a stage-1 RetinaNet run (model.backbone_checkpoint = its workdir) must see
-    pixels normalised as that run's were; model.backbone_random needs such a run (its architecture)."""
+    pixels normalised as that run's were and, on the same dataset, the same split (stage 1 never sees
+    the test women); model.backbone_random needs such a run (its architecture)."""
     from cervix_jax.train.task_retinanet import stage1_config
     m = config.model
     stage1 = stage1_config(m.backbone_checkpoint) if m.backbone_checkpoint else None
@@ -257,6 +258,12 @@ def _stage1_problems(config) -> list[str]:
         problems.append(f"config.data.normalization={config.data.normalization!r}: expected "
                         f"{stage1.data.normalization!r}, the normalization of the stage-1 run "
                         f"{m.backbone_checkpoint} (its config.json)")
+    if (stage1 is not None and stage1.data.name == config.data.name
+            and stage1.data.split_seed != config.data.split_seed):
+        problems.append(f"config.data.split_seed={config.data.split_seed}: expected "
+                        f"{stage1.data.split_seed}, the split of the stage-1 run {m.backbone_checkpoint} "
+                        f"on the same dataset {config.data.name!r} (its training women would include "
+                        f"this split's test women); train stage 1 on this split")
     if m.get("backbone_random", False) and m.backbone_checkpoint and stage1 is None:
         problems.append(f"config.model.backbone_random=True: expected model.backbone_checkpoint to be a "
                         f"stage-1 run's workdir (configs/retinanet.py), found {m.backbone_checkpoint!r}")
