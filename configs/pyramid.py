@@ -10,7 +10,8 @@
   sweep     config.sweep.grid = the seven heads x seeds (0, 1, 2) x test blur (0, 19, 49): paper B's
             Tables 2 and 4. Trained by the cached-feature trainer (train/cached_heads.py: one backbone
             pass, all 21 heads in one vmapped program; --config.sweep.trainer=loop runs the points one
-            by one), then the reports summary and paper_b_table (cervix_jax/reports/). Below
+            by one), then the reports summary, paper_b_table and paper_b_maps (CAM vs CRM per head,
+            cervix_jax/reports/). Below
             1200 px the blur kernels are scaled by longer border / 1200 to the nearest odd size
             (`scaled_blur`: 19 -> 3 and 49 -> 7 at 192 px); the grid holds the kernel sizes used.
 
@@ -65,7 +66,7 @@ def get_config(arg: str = "p3p6p7"):
     c.explain.methods = ("cam", "crm_linear", "crm")
     c.sweep.grid = (("model.levels", tuple(pyramid.PAPER_HEADS)),)   # the paper's seven heads
     c.sweep.trainer = "cached_heads"        # frozen backbone: every head from one backbone pass
-    c.sweep.reports = ("summary", "paper_b_table")
+    c.sweep.reports = ("summary", "paper_b_table", "paper_b_maps")
 
     if runlocal:
         c.data.name = "synthetic_cervix/tiny"

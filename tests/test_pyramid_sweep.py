@@ -195,3 +195,35 @@ def test_both_trainers_read_back_through_rundir(runs):
         head = rundir.read_head(fast)
         assert head["step"] == rundir.read_eval(fast)["checkpoint_step"]
         assert head["levels"] == pyramid.parse_levels(p["model.levels"])
+
+
+def test_maps_report_equals_the_explainer_on_the_full_model(runs, tmp_path):
+    """paper_b_maps (every head's maps from one cached backbone pass) against `explain_split` on the
+    point (the backbone run inside every map, `launch.py explain`'s code): same per-image ROI area,
+    pointing game and IoU for CAM, CRM in Eq. (1) space and softmax CRM; one grid per head."""
+    from cervix_jax.review.server import read_index
+    from cervix_jax.train.evaluate import explain_split
+    c = tiny_sweep_config(True)
+    fast = runs[True]
+    with open(fast / "maps" / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"] for r in rows} == {"cam", "crm_linear", "crm"} and {r["seed"] for r in rows} == {"0"}
+    assert (fast / "maps" / "blur=0" / "P3.png").exists() and (fast / "maps" / "blur=0" / "P3_P6_P7.png").exists()
+    p = {"model.levels": "p3p6p7", "seed": 0, "data.blur": 0}
+    pconfig = point_config(c, p)
+    pconfig.explain.max_images = 1000
+    out = explain_split(pconfig, fast / "points" / point_name(p), out_dir=tmp_path / "explain")
+    index = read_index(str(out))
+    mine = {(r["method"], int(r["id"])): r for r in rows if r["levels"].lower() == "p3,p6,p7"}
+    assert len(index["items"]) == len(mine) // 3 > 0
+    for item in index["items"]:
+        for method in ("cam", "crm_linear", "crm"):
+            r = mine[(method, item["id"])]
+            assert int(r["pred"]) == item["pred"] and float(r["score"]) == pytest.approx(item["score"], abs=1e-5)
+            for k in ("roi_area", "pointing_game_lesion", "iou_lesion"):
+                ref = item["metrics"][method][k]
+                got = float(r[k])
+                if ref is None:
+                    assert np.isnan(got), (method, k)
+                else:
+                    assert got == pytest.approx(ref, abs=2e-3), (method, k, item["id"])

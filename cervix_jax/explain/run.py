@@ -79,7 +79,9 @@ def _stack(batch: list[dict], size: int):
     zeros = np.zeros(images.shape[:3], np.uint8)
     masks = {m: np.stack([np.asarray(e.get(f"{m}_mask", zeros[0]), np.uint8) for e in batch])
              for m in MASKS}
-    has = np.array([int(e.get("has_masks", all(f"{m}_mask" in e for m in MASKS))) for e in batch])
+    # an example's mask counts when it is given and not empty (and the example does not say has_masks=0):
+    # a dataset with only a lesion mask (memory/<n>) gets lesion metrics and no others
+    has = np.array([int(e.get("has_masks", 1)) for e in batch])
     ones = np.ones(images.shape[1:3], np.uint8)
     valid = np.stack([np.asarray(e.get("valid", ones), np.uint8) for e in batch])
     if valid.shape != images.shape[:3]:

@@ -7,6 +7,7 @@ nothing to report on). `config.sweep.reports` names the ones a config wants, as 
 
     summary             WORKDIR/summary.{md,csv}: test metrics per grid point, mean ± sd over seeds
     paper_b_table       WORKDIR/paper_table.{md,csv}: paper B's heads x blur, bootstrap intervals
+    paper_b_maps        WORKDIR/maps/: CAM vs CRM per head and blur (metrics per image, grids)
     regulator_evidence  WORKDIR/regulator_evidence.{md,json}: paper A's regulator claim
     paper_a_table1      WORKDIR/table1.{md,csv}, fig4{a,b,c}_*.png: paper A's Table 1 and Fig. 4 a-c
                         (`python -m cervix_jax.reports.paper_a` combines several sweeps, adds Fig. 4d)
@@ -19,6 +20,7 @@ from typing import Optional, Sequence
 _REGISTRY: dict[str, str] = {
     "summary": "cervix_jax.reports.summary",
     "paper_b_table": "cervix_jax.reports.paper_b_table",
+    "paper_b_maps": "cervix_jax.reports.paper_b_maps",
     "regulator_evidence": "cervix_jax.reports.regulator_evidence",
     "paper_a_table1": "cervix_jax.reports.paper_a",
 }
