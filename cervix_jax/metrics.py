@@ -263,7 +263,8 @@ def hierarchical_bootstrap_ci(metric_fn: Callable[[np.ndarray, np.ndarray], floa
         return values[0] if len(values) == 1 else values[0] - values[1]
 
     per_run = np.array([stat(r) for r in range(len(runs))], np.float64)
-    values = [np.mean([stat(r, i) for r, i in draw]) for draw in _hierarchical_resamples(members, n_boot, seed)]
+    values = [np.mean([stat(r, i) for r, i in draw])
+              for draw in _hierarchical_resamples(members, n_boot, seed)]
     out = _interval(float(per_run.mean()), values, alpha)
     out["per_run"] = per_run.tolist()
     return out

@@ -192,8 +192,8 @@ def test_registry_one_signature_jit_vmap(rng, model):
     m = model.explainable()
     xs = rng.uniform(0, 1, size=(2, H, W, 3)).astype(np.float32)
     expected = {"occlusion": (H, W), "integrated_gradients": (H, W)}
-    names = ["cam", "crm", "crm_linear", "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "scorecam",
-             "ablationcam", "eigencam", "occlusion", "integrated_gradients"]
+    names = ["cam", "crm", "crm_linear", "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam",
+             "scorecam", "ablationcam", "eigencam", "occlusion", "integrated_gradients"]
     assert set(names) <= set(REGISTRY)
     all_maps = lambda x: {name: explain(name, m, x) for name in names}  # noqa: E731
     batched = jax.jit(jax.vmap(all_maps))(xs)                     # one compile for all methods

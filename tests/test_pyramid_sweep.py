@@ -208,7 +208,8 @@ def test_maps_report_equals_the_explainer_on_the_full_model(runs, tmp_path):
     with open(fast / "maps" / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["method"] for r in rows} == {"cam", "crm_linear", "crm"} and {r["seed"] for r in rows} == {"0"}
-    assert (fast / "maps" / "blur=0" / "P3.png").exists() and (fast / "maps" / "blur=0" / "P3_P6_P7.png").exists()
+    assert (fast / "maps" / "blur=0" / "P3.png").exists()
+    assert (fast / "maps" / "blur=0" / "P3_P6_P7.png").exists()
     p = {"model.levels": "p3p6p7", "seed": 0, "data.blur": 0}
     pconfig = point_config(c, p)
     pconfig.explain.max_images = 1000
@@ -219,7 +220,8 @@ def test_maps_report_equals_the_explainer_on_the_full_model(runs, tmp_path):
     for item in index["items"]:
         for method in ("cam", "crm_linear", "crm"):
             r = mine[(method, item["id"])]
-            assert int(r["pred"]) == item["pred"] and float(r["score"]) == pytest.approx(item["score"], abs=1e-5)
+            assert int(r["pred"]) == item["pred"]
+            assert float(r["score"]) == pytest.approx(item["score"], abs=1e-5)
             for k in ("roi_area", "pointing_game_lesion", "iou_lesion"):
                 ref = item["metrics"][method][k]
                 got = float(r[k])

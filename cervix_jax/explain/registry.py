@@ -7,7 +7,8 @@
 "occlusion" and "integrated_gradients" (`Explainer.grid`). `target` (class index, may be traced)
 defaults to the predicted class argmax(model.scores(image)); CRM and Eigen-CAM ignore it (CRM
 sums over all classes); "crm_linear" is CRM in paper B's Eq. (1) space (linear scores of the pooled
-features, no bias or softmax; `crm.crm_linear`). Maps are raw: see `postprocess.heatmap` for display. "crm" runs the exact
+features, no bias or softmax; `crm.crm_linear`). Maps are raw: see `postprocess.heatmap` for
+display. "crm" runs the exact
 `crm_pooled` when the model has `post_pool`, else the model's own closed form `model.crm` (paper A's
 patch model), else `crm` in chunks of `batch_size=64` locations.
 Batch with `jax.vmap(lambda x: explain(method, model, x))`.

@@ -137,7 +137,8 @@ def write(config, workdir, *, seed: Optional[int] = None) -> Optional[dict]:
             preds = np.concatenate([np.argmax(r["scores"][:n], -1) for n, r in result])
             head = head_label(levels)
             for method in methods:
-                values = {k: np.concatenate([r["metrics"][method][k][:n] for n, r in result]) for k in METRICS}
+                values = {k: np.concatenate([r["metrics"][method][k][:n] for n, r in result])
+                          for k in METRICS}
                 for i, e in enumerate(examples):
                     rows.append({"head": head, "levels": ",".join(levels), "blur": blur, "seed": seed,
                                  "method": method, "id": e["id"], "label": e["label"],
