@@ -2,7 +2,8 @@
 
 Core (the public contract in docs/architecture.md): `cam`, `crm`, `crm_pooled`; plus `crm_nlm` (the
 NLM group's score space) and `crm_linear` (paper B's Eq. (1) space), the Grad-CAM family, perturbation
-methods, Eigen-CAM, a registry (`explain`), post-processing, faithfulness metrics and `explain_to_dir`. See docs/explainers.md.
+methods, Eigen-CAM, a registry (`explain`), post-processing, faithfulness metrics and `explain_to_dir`.
+See docs/explainers.md.
 """
 from cervix_jax.explain.cam import cam
 from cervix_jax.explain.crm import crm, crm_linear, crm_nlm, crm_pooled
