@@ -1,6 +1,7 @@
 """paper_b_evidence's statistics on fabricated runs with planted effects (no training): per-run metrics
 against scikit-learn, the verdicts of the paper's claims, the maps table against NumPy, and the commands
 it runs (stage 2 on the same split as its stage 1)."""
+
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,14 @@ HEADS = ("P3", "P3+P6+P7")
 
 def _rec(rng, ids, labels, signal):
     score = 1 / (1 + np.exp(-(signal * (2 * labels - 1) + rng.normal(size=labels.size))))
-    return {"id": ids, "label": labels, "score": score, "threshold": 0.5,
-            "metrics": {"accuracy": 0.0, "f1": 0.0, "auc": 0.0}, "detection": None}
+    return {
+        "id": ids,
+        "label": labels,
+        "score": score,
+        "threshold": 0.5,
+        "metrics": {"accuracy": 0.0, "f1": 0.0, "auc": 0.0},
+        "detection": None,
+    }
 
 
 def fabricated(rng):
@@ -35,17 +42,27 @@ def fabricated(rng):
                     for blur in (0, 7):
                         signal = 4.0 if (arm, head, blur) == ("heads", "P3+P6+P7", 0) else 0.0
                         data["points"].setdefault((arm, head, blur), {})[(split, seed)] = _rec(
-                            rng, ids, labels, signal)
+                            rng, ids, labels, signal
+                        )
         rows = []
         for head in HEADS:
             for method in ("cam", "crm_linear", "crm"):
                 area = rng.uniform(0.1, 0.3, n) + (0.3 if method == "cam" else 0.0)
                 for i in range(n):
-                    rows.append({"head": head, "blur": "0", "method": method, "id": str(ids[i]),
-                                 "label": str(labels[i]), "roi_area": str(area[i]),
-                                 "pointing_game_lesion": "nan" if i % 4 == 0 else str(float(i % 2)),
-                                 "iou_lesion": str(area[i] / 2), "pointing_game_cervix": "1.0",
-                                 "iou_cervix": str(area[i])})
+                    rows.append(
+                        {
+                            "head": head,
+                            "blur": "0",
+                            "method": method,
+                            "id": str(ids[i]),
+                            "label": str(labels[i]),
+                            "roi_area": str(area[i]),
+                            "pointing_game_lesion": "nan" if i % 4 == 0 else str(float(i % 2)),
+                            "iou_lesion": str(area[i] / 2),
+                            "pointing_game_cervix": "1.0",
+                            "iou_cervix": str(area[i]),
+                        }
+                    )
         data["maps"][split] = rows
     return data
 
@@ -71,14 +88,26 @@ def test_analyse_recovers_planted_effects(rng, monkeypatch):
     assert E.verdict(claims["heads_beat_retinanet"]["P3"]["auc"]) != "reproduced", msg
     # maps: the mean over splits of each split's nanmean, CRM - CAM area = -0.3 by construction
     cam = next(r for r in res["maps"]["table"] if (r["head"], r["method"]) == ("P3", "cam"))
-    ref = np.mean([np.mean([float(r["roi_area"]) for r in rows if (r["head"], r["method"]) == ("P3", "cam")])
-                   for rows in data["maps"].values()])
+    ref = np.mean(
+        [
+            np.mean([float(r["roi_area"]) for r in rows if (r["head"], r["method"]) == ("P3", "cam")])
+            for rows in data["maps"].values()
+        ]
+    )
     assert cam["roi_area"]["estimate"] == pytest.approx(ref), msg
-    ref_pg = np.mean([np.nanmean([float(r["pointing_game_lesion"]) for r in rows
-                                  if (r["head"], r["method"]) == ("P3", "cam")]) for rows in data["maps"].values()])
+    ref_pg = np.mean(
+        [
+            np.nanmean(
+                [float(r["pointing_game_lesion"]) for r in rows if (r["head"], r["method"]) == ("P3", "cam")]
+            )
+            for rows in data["maps"].values()
+        ]
+    )
     assert cam["pointing_game_lesion"]["estimate"] == pytest.approx(ref_pg), msg
     diff = next(d for d in res["maps"]["diffs"] if (d["head"], d["a"], d["b"]) == ("P3", "crm_linear", "cam"))
-    assert diff["roi_area"]["high"] < -0.2 and diff["roi_area"]["estimate"] == pytest.approx(-0.3, abs=0.05), msg
+    assert diff["roi_area"]["high"] < -0.2 and diff["roi_area"]["estimate"] == pytest.approx(
+        -0.3, abs=0.05
+    ), msg
     text = E.markdown(res, {"stage1": "s1", "heads": "h", "splits": [0, 1, 2]})
     assert "| P3+P6+P7 beats the head | P3+P6+P7 − P3 |" in text and "reproduced" in text
 
