@@ -2,6 +2,7 @@
 against scikit-learn, the verdicts of the paper's claims, the maps table against NumPy, and the commands
 it runs (stage 2 on the same split as its stage 1)."""
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -45,24 +46,26 @@ def fabricated(rng):
                             rng, ids, labels, signal
                         )
         rows = []
-        for head in HEADS:
-            for method in ("cam", "crm_linear", "crm"):
-                area = rng.uniform(0.1, 0.3, n) + (0.3 if method == "cam" else 0.0)
-                for i in range(n):
-                    rows.append(
-                        {
-                            "head": head,
-                            "blur": "0",
-                            "method": method,
-                            "id": str(ids[i]),
-                            "label": str(labels[i]),
-                            "roi_area": str(area[i]),
-                            "pointing_game_lesion": "nan" if i % 4 == 0 else str(float(i % 2)),
-                            "iou_lesion": str(area[i] / 2),
-                            "pointing_game_cervix": "1.0",
-                            "iou_cervix": str(area[i]),
-                        }
-                    )
+        for head, method, blur in itertools.product(HEADS, ("cam", "crm_linear", "crm"), ("0", "7")):
+            area = rng.uniform(0.1, 0.3, n) + (0.3 if method == "cam" else 0.0)
+            area += 0.2 if (method, blur) == ("crm_linear", "7") else 0.0  # blur grows the CRM ROI
+            for i in range(n):
+                rows.append(
+                    {
+                        "head": head,
+                        "blur": blur,
+                        "method": method,
+                        "id": str(ids[i]),
+                        "label": str(labels[i]),
+                        "roi_area": str(area[i]),
+                        "pointing_game_lesion": "nan" if i % 4 == 0 else str(float(i % 2)),
+                        "iou_lesion": str(area[i] / 2),
+                        "pointing_game_os": str(float(i % 3 == 0)),
+                        "iou_os": "0.1",
+                        "pointing_game_cervix": "1.0",
+                        "iou_cervix": str(area[i]),
+                    }
+                )
         data["maps"][split] = rows
     return data
 
@@ -87,10 +90,16 @@ def test_analyse_recovers_planted_effects(rng, monkeypatch):
     assert E.verdict(claims["stage1_beats_random"]["P3+P6+P7"]["auc"]) == "reproduced", msg
     assert E.verdict(claims["heads_beat_retinanet"]["P3"]["auc"]) != "reproduced", msg
     # maps: the mean over splits of each split's nanmean, CRM - CAM area = -0.3 by construction
-    cam = next(r for r in res["maps"]["table"] if (r["head"], r["method"]) == ("P3", "cam"))
+    cam = next(r for r in res["maps"]["table"] if (r["head"], r["method"], r["blur"]) == ("P3", "cam", 0))
     ref = np.mean(
         [
-            np.mean([float(r["roi_area"]) for r in rows if (r["head"], r["method"]) == ("P3", "cam")])
+            np.mean(
+                [
+                    float(r["roi_area"])
+                    for r in rows
+                    if (r["head"], r["method"], r["blur"]) == ("P3", "cam", "0")
+                ]
+            )
             for rows in data["maps"].values()
         ]
     )
@@ -98,16 +107,24 @@ def test_analyse_recovers_planted_effects(rng, monkeypatch):
     ref_pg = np.mean(
         [
             np.nanmean(
-                [float(r["pointing_game_lesion"]) for r in rows if (r["head"], r["method"]) == ("P3", "cam")]
+                [
+                    float(r["pointing_game_lesion"])
+                    for r in rows
+                    if (r["head"], r["method"], r["blur"]) == ("P3", "cam", "0")
+                ]
             )
             for rows in data["maps"].values()
         ]
     )
     assert cam["pointing_game_lesion"]["estimate"] == pytest.approx(ref_pg), msg
-    diff = next(d for d in res["maps"]["diffs"] if (d["head"], d["a"], d["b"]) == ("P3", "crm_linear", "cam"))
+    diff = next(d for d in res["maps"]["diffs"] if (d["head"], d["name"]) == ("P3", "crm_linear − cam"))
     assert diff["roi_area"]["high"] < -0.2 and diff["roi_area"]["estimate"] == pytest.approx(
         -0.3, abs=0.05
     ), msg
+    blur = next(
+        d for d in res["maps"]["diffs"] if (d["head"], d["name"]) == ("P3", "crm_linear: blur 7 − clean")
+    )
+    assert blur["roi_area"]["estimate"] == pytest.approx(0.2, abs=0.05) and blur["roi_area"]["low"] > 0.1, msg
     text = E.markdown(res, {"stage1": "s1", "heads": "h", "splits": [0, 1, 2]})
     assert "| P3+P6+P7 beats the head | P3+P6+P7 − P3 |" in text and "reproduced" in text
 

@@ -255,7 +255,16 @@ def analyse(data: dict) -> dict:
     return res
 
 
-MAP_METRICS = ("roi_area", "pointing_game_lesion", "iou_lesion", "pointing_game_cervix", "iou_cervix")
+MAP_METRICS = (
+    "roi_area",
+    "pointing_game_lesion",
+    "iou_lesion",
+    "pointing_game_os",
+    "iou_os",
+    "pointing_game_cervix",
+    "iou_cervix",
+)
+DIFF_METRICS = ("roi_area", "pointing_game_lesion", "iou_lesion", "pointing_game_os")
 
 
 def _nanmean(values, _labels=None) -> float:
@@ -279,8 +288,10 @@ def _mean_interval(runs: list) -> dict:
 
 def analyse_maps(maps: dict, groups: dict) -> dict:
     """Per (head, blur, method): each map metric's mean over splits (runs = splits, head seed 0) with a
-    hierarchical interval; ROI area per class; and paired differences crm_linear - cam and
-    crm_linear - crm (softmax space) per head and blur."""
+    hierarchical interval; ROI area per class; and paired differences (same images): crm_linear - cam
+    and crm_linear - crm (softmax space) per head and blur, and blurred - clean per head for
+    crm_linear and cam (paper B Fig. 8), each for ROI area (all, and per class), pointing game against
+    the lesion and the os, IoU against the lesion."""
     rows = [dict(r, split=s) for s, rs in maps.items() for r in rs]
     keys = list(dict.fromkeys((r["head"], int(r["blur"]), r["method"]) for r in rows))
     out = {"table": [], "diffs": []}
@@ -314,26 +325,40 @@ def analyse_maps(maps: dict, groups: dict) -> dict:
             row[f"roi_area_class{c}"] = _mean_interval(per_split(head, blur, method, "roi_area", label=c))
         out["table"].append(row)
     methods = list(dict.fromkeys(k[2] for k in keys))
-    for a, b in (("crm_linear", "cam"), ("crm_linear", "crm")):
-        if a not in methods or b not in methods:
-            continue
-        for head, blur in dict.fromkeys((k[0], k[1]) for k in keys):
-            row = {"head": head, "blur": blur, "a": a, "b": b}
-            for metric in ("roi_area", "pointing_game_lesion", "iou_lesion"):
-                ra, rb = per_split(head, blur, a, metric), per_split(head, blur, b, metric)
-                tuples = []
-                for x, y in zip(ra, rb):
-                    if not np.array_equal(x[3], y[3]):
-                        raise ValueError("paper_b_evidence: maps of two methods on different images")
-                    keep = np.isfinite(x[0]) & np.isfinite(y[0])
-                    if keep.any():
-                        tuples.append((x[0][keep], y[0][keep], x[1][keep], x[2][keep]))
-                row[metric] = (
-                    M.hierarchical_bootstrap_ci(_nanmean, tuples, n_boot=N_BOOT)
-                    if tuples
-                    else {"estimate": float("nan"), "low": float("nan"), "high": float("nan")}
-                )
-            out["diffs"].append(row)
+    blurs = sorted({k[1] for k in keys})
+
+    def paired(akey, bkey, metric, label=None):
+        tuples = []
+        for x, y in zip(per_split(*akey, metric, label), per_split(*bkey, metric, label)):
+            if not np.array_equal(x[3], y[3]):
+                raise ValueError("paper_b_evidence: two maps' rows are not on the same images")
+            keep = np.isfinite(x[0]) & np.isfinite(y[0])
+            if keep.any():
+                tuples.append((x[0][keep], y[0][keep], x[1][keep], x[2][keep]))
+        if not tuples:
+            return {"estimate": float("nan"), "low": float("nan"), "high": float("nan")}
+        return M.hierarchical_bootstrap_ci(_nanmean, tuples, n_boot=N_BOOT)
+
+    pairs = []
+    for a, b in (("crm_linear", "cam"), ("crm_linear", "crm")):  # method against method
+        if a in methods and b in methods:
+            pairs += [
+                ((h, k, a), (h, k, b), f"{a} − {b}") for h, k in dict.fromkeys((x[0], x[1]) for x in keys)
+            ]
+    for method in ("crm_linear", "cam"):  # blurred against clean (Fig. 8)
+        if method in methods:
+            pairs += [
+                ((h, k, method), (h, blurs[0], method), f"{method}: blur {k} − clean")
+                for h in dict.fromkeys(x[0] for x in keys)
+                for k in blurs[1:]
+            ]
+    for akey, bkey, name in pairs:
+        row = {"head": akey[0], "blur": akey[1], "a": akey[2], "b": bkey[2], "name": name}
+        for metric in DIFF_METRICS:
+            row[metric] = paired(akey, bkey, metric)
+        for c in (0, 1):
+            row[f"roi_area_class{c}"] = paired(akey, bkey, "roi_area", label=c)
+        out["diffs"].append(row)
     return out
 
 
@@ -405,36 +430,43 @@ def markdown(res: dict, meta: dict) -> str:
             "## CAM vs CRM per head (head seed 0, mean over splits)",
             "",
             "| head | blur | method | ROI area | ROI area (treatable) | ROI area (not treatable) | "
-            "pointing game (lesion) | IoU (lesion) | pointing game (cervix) | IoU (cervix) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "pointing game (lesion) | IoU (lesion) | pointing game (os) | pointing game (cervix) | "
+            "IoU (cervix) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        keys = (
+            "roi_area",
+            "roi_area_class0",
+            "roi_area_class1",
+            "pointing_game_lesion",
+            "iou_lesion",
+            "pointing_game_os",
+            "pointing_game_cervix",
+            "iou_cervix",
+        )
         for r in res["maps"]["table"]:
             L.append(
-                f"| {r['head']} | {r['blur']} | {r['method']} | "
-                + " | ".join(
-                    _iv(r[k])
-                    for k in (
-                        "roi_area",
-                        "roi_area_class0",
-                        "roi_area_class1",
-                        "pointing_game_lesion",
-                        "iou_lesion",
-                        "pointing_game_cervix",
-                        "iou_cervix",
-                    )
-                )
-                + " |"
+                f"| {r['head']} | {r['blur']} | {r['method']} | " + " | ".join(_iv(r[k]) for k in keys) + " |"
             )
         L += [
             "",
-            "| head | blur | difference | Δ ROI area | Δ pointing game (lesion) | Δ IoU (lesion) |",
-            "|---|---|---|---|---|---|",
+            "Paired differences on the same images (a − b):",
+            "",
+            "| head | difference | Δ ROI area | Δ ROI area (treatable) | Δ ROI area (not treatable) | "
+            "Δ pointing game (lesion) | Δ IoU (lesion) | Δ pointing game (os) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
+        keys = (
+            "roi_area",
+            "roi_area_class0",
+            "roi_area_class1",
+            "pointing_game_lesion",
+            "iou_lesion",
+            "pointing_game_os",
+        )
         for r in res["maps"]["diffs"]:
-            L.append(
-                f"| {r['head']} | {r['blur']} | {r['a']} − {r['b']} | {_iv(r['roi_area'], signed=True)} | "
-                f"{_iv(r['pointing_game_lesion'], signed=True)} | {_iv(r['iou_lesion'], signed=True)} |"
-            )
+            name = r["name"] if "blur" in r["name"] else f"{r['name']} (blur {r['blur']})"
+            L.append(f"| {r['head']} | {name} | " + " | ".join(_iv(r[k], signed=True) for k in keys) + " |")
     return "\n".join(L) + "\n"
 
 

@@ -8,7 +8,8 @@ pyramid maps are computed once per blur level and every head's map is taken from
 `explain` registry and post-processing as `launch.py explain`; the heads' scores are checked against
 each point's own eval/scores_test.csv). Per image and method: the predicted class, ROI area (share of
 the image at or above `config.explain.threshold` of the max-normalised map), pointing game and IoU
-against the lesion and the cervix masks (images without a lesion have no lesion value). No deletion or
+against the lesion, os, transformation-zone and cervix masks (an image without that mask has no
+value). No deletion or
 insertion curves (they need hundreds of backbone passes per image).
 
 Writes WORKDIR/maps/per_image.csv (head, blur, method, id, label, group, pred, score and the metrics),
@@ -43,7 +44,7 @@ from cervix_jax.train.data import groups_by_id, local_data
 from cervix_jax.train.sweep import grid_points, point_config, point_name
 from cervix_jax.viz.overlay import write_grid
 
-MASKS = ("lesion", "cervix")
+MASKS = ("lesion", "os", "tz", "cervix")
 GRID_IMAGES = 8
 ALPHA = 0.4
 BATCH = 8
@@ -187,9 +188,9 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def markdown(table: list[dict], config, seed: int) -> str:
     names = ("ROI area", "ROI area (treatable)", "ROI area (not treatable)", "pointing game (lesion)",
-             "IoU (lesion)", "pointing game (cervix)", "IoU (cervix)")
+             "IoU (lesion)", "pointing game (os)", "pointing game (cervix)", "IoU (cervix)")
     keys = ("roi_area", "roi_area_class0", "roi_area_class1", "pointing_game_lesion", "iou_lesion",
-            "pointing_game_cervix", "iou_cervix")
+            "pointing_game_os", "pointing_game_cervix", "iou_cervix")
     lines = [f"CAM vs CRM per head, test images, head seed {seed}; maps max-normalised and cut at "
              f"{config.explain.threshold:g} (ROI area, IoU); pointing game = the map's maximum falls in "
              f"the mask. crm_linear = CRM in paper B's Eq. (1) space, crm = CRM of the softmax outputs.",
