@@ -12,8 +12,8 @@ class; the image-level score is the "not treatable" probability of the top-scori
 statistics synchronised over devices). Stage 2 (configs/pyramid.py) takes the run's workdir as its frozen
 backbone: `--config.model.backbone_checkpoint=<this workdir>` (the architecture comes from this run's
 config.json; stage 2 must normalise pixels as this run did, "caffe", which config validation checks);
-adding `--config.model.backbone_random=True` keeps the architecture with random weights (the control). On the same
-dataset stage 2 must use this run's `data.split_seed` (validation refuses another: its test women were
+adding `--config.model.backbone_random=True` keeps the architecture with random weights (the control).
+On the same dataset stage 2 must use this run's `data.split_seed` (validation refuses another: its test women were
 this run's training women). The whole paper over several splits (stage 1 per split, both backbones,
 CAM vs CRM, each claim's verdict): `python -m cervix_jax.reports.paper_b_evidence`
 (docs/results/paper_b.md).
