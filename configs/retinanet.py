@@ -13,10 +13,10 @@ statistics synchronised over devices). Stage 2 (configs/pyramid.py) takes the ru
 backbone: `--config.model.backbone_checkpoint=<this workdir>` (the architecture comes from this run's
 config.json; stage 2 must normalise pixels as this run did, "caffe", which config validation checks);
 adding `--config.model.backbone_random=True` keeps the architecture with random weights (the control).
-On the same dataset stage 2 must use this run's `data.split_seed` (validation refuses another: its test women were
-this run's training women). The whole paper over several splits (stage 1 per split, both backbones,
-CAM vs CRM, each claim's verdict): `python -m cervix_jax.reports.paper_b_evidence`
-(docs/results/paper_b.md).
+On the same dataset stage 2 must use this run's `data.split_seed` (validation refuses another: its
+test women would be among this run's training women). The whole paper over several splits (stage 1
+per split, both backbones, CAM vs CRM, each claim's verdict): `python -m
+cervix_jax.reports.paper_b_evidence` (docs/results/paper_b.md).
 
 Variants (`arg`, comma-separated):
   (none)    the full config: ResNet50-FPN (width 64, FPN 256, heads 256 x 4), images padded to 800 x 1200
