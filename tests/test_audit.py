@@ -35,15 +35,23 @@ def _null_se(y, groups, auc=audit.NUISANCE_BOUND):
     return np.sqrt((auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc)) / (n1 * n0))
 
 
+# The spread of a family's cross-validated AUC over freshly generated datasets of this test's size: for
+# treatability's "all nuisance families" row, 26 dataset seeds (10..34 and 881780672, which failed CI
+# with the Hanley-McNeil error alone) gave mean 0.632, sd 0.063, max 0.768 (logistic, 600 images of
+# 64x96). Hanley-McNeil per woman (~0.044) leaves out the variance of the fit itself.
+DATASET_SD = 0.065
+
+
 @pytest.mark.parametrize("label", synthetic.LABEL_SETS)
 def test_audit_bounds(data, label, request):
-    """Every nuisance family is not significantly above 0.65 (one-sided, 99%: this sample has ~200
-    women, so its AUCs scatter by ~0.04; docs/data.md gives the full-size numbers) and the positive
-    control reaches 0.95."""
+    """Every nuisance family is not significantly above 0.65 (one-sided, 99%, with the larger of the
+    Hanley-McNeil error over ~200 women and the measured spread over datasets, DATASET_SD;
+    docs/data.md gives the full-size numbers, whose spread is far smaller) and the positive control
+    reaches 0.95."""
     seed, cfg, d = data
     request.node.user_properties.append(("random seed", seed))
     result = audit.audit(d, label, models=("logistic",), seed=seed % 1000)
-    se = _null_se(d[label], d["group"])
+    se = max(_null_se(d[label], d["group"]), DATASET_SD)
     for name, by_model in result.items():
         auc = by_model["logistic"][0]
         if name == "positive control":
