@@ -168,7 +168,9 @@ def test_jit_vmap_grad_through_cam_and_crm(rng):
     bias = rng.normal(size=c).astype(np.float32)
     g_f, g_k = jax.jit(jax.grad(crm_loss, (0, 1)))(f, kern, bias)
     cams = np.einsum("bhwk,kc->bhwc", F, K)
-    np.testing.assert_allclose(g_k, 2 / n**2 * np.einsum("bhw,bhwk,bhwc->kc", R, F, cams), rtol=1e-4)
+    ref = 2 / n**2 * np.einsum("bhw,bhwk,bhwc->kc", R, F, cams)
+    # float32 sums with cancellation: an entry near 0 needs an absolute tolerance (seed 527694841)
+    np.testing.assert_allclose(g_k, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     np.testing.assert_allclose(g_f, 2 / n**2 * np.einsum("bhw,bhwc,kc->bhwk", R, cams, K),
                                rtol=1e-4, atol=1e-7)
 
