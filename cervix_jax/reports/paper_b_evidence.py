@@ -456,14 +456,7 @@ def markdown(res: dict, meta: dict) -> str:
             "Δ pointing game (lesion) | Δ IoU (lesion) | Δ pointing game (os) |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        keys = (
-            "roi_area",
-            "roi_area_class0",
-            "roi_area_class1",
-            "pointing_game_lesion",
-            "iou_lesion",
-            "pointing_game_os",
-        )
+        keys = keys[:6]  # the differences: ROI areas, lesion pointing and IoU, os pointing
         for r in res["maps"]["diffs"]:
             name = r["name"] if "blur" in r["name"] else f"{r['name']} (blur {r['blur']})"
             L.append(f"| {r['head']} | {name} | " + " | ".join(_iv(r[k], signed=True) for k in keys) + " |")

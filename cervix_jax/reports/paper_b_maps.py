@@ -146,7 +146,6 @@ def write(config, workdir, *, seed: Optional[int] = None) -> Optional[dict]:
                                  "group": group_of[int(e["id"])], "pred": int(preds[i]),
                                  "score": float(scores[i]), **{k: float(values[k][i]) for k in METRICS}})
             k = min(GRID_IMAGES, len(examples))
-            n0, r0 = result[0]
             columns = {"image": np.stack([e["display"] for e in examples[:k]])}
             for method in methods:
                 columns[method] = np.concatenate([r["overlays"][method][:n] for n, r in result])[:k]
