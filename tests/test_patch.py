@@ -121,22 +121,28 @@ def test_glorot_uniform_init_statistics(rng):
 def test_crm_patch_equals_brute_force_zero_ablation(aggregation, rng):
     model = PatchWeightClassifier(patch_size=P, aggregation=aggregation, mlp_hidden=(16, 8))
     image = jnp.asarray(rng.uniform(0, 1, (H, W, 3)), jnp.float32)
-    variables = model.init(jax.random.PRNGKey(rng.integers(1 << 30)), image)
-    variables = jax.tree_util.tree_map(
-        lambda v: v + 0.05 * jnp.asarray(rng.normal(size=v.shape), v.dtype), variables)
-    grid = model.apply(variables, image, method=PatchWeightClassifier.features)
-    got = crm_patch(model, variables, grid)
 
-    def scores(g):
+    def scores(variables, g):
         p = jax.nn.sigmoid(model.apply(variables, g, method=PatchWeightClassifier.head)[0])
         return np.array([1 - p, p], np.float64)
 
-    s = scores(grid)
-    ref = np.zeros(grid.shape[:2])
-    for i in range(grid.shape[0]):
-        for j in range(grid.shape[1]):
-            ref[i, j] = ((s - scores(grid.at[i, j].set(0.0))) ** 2).sum()
-    assert ref.max() > 1e-8
+    # A random ReLU patch CNN on a 2 x 3 grid is sometimes degenerate: most patches' features are all
+    # zero and the relevance map is ~0 everywhere (seen: max 2e-9 at CERVIX_TEST_SEED=1781515569),
+    # where the comparison below would say nothing. Such draws are redrawn (a few tries at most).
+    for _ in range(20):
+        variables = model.init(jax.random.PRNGKey(rng.integers(1 << 30)), image)
+        variables = jax.tree_util.tree_map(
+            lambda v: v + 0.05 * jnp.asarray(rng.normal(size=v.shape), v.dtype), variables)
+        grid = model.apply(variables, image, method=PatchWeightClassifier.features)
+        s = scores(variables, grid)
+        ref = np.zeros(grid.shape[:2])
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                ref[i, j] = ((s - scores(variables, grid.at[i, j].set(0.0))) ** 2).sum()
+        if ref.max() > 1e-6:
+            break
+    assert ref.max() > 1e-6, "20 draws of a random patch model, all with a relevance map ~0"
+    got = crm_patch(model, variables, grid)
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=1e-8)
 
 

@@ -315,3 +315,20 @@ def test_contact_sheet(tmp_path, treat_examples):
     green = (arr[..., 1] > 200) & (arr[..., 0] < 120) & (arr[..., 2] < 120)
     assert green.sum() > 50
     assert magenta.sum() > 10 or not any(e["lesion_mask"].any() for e in treat_examples[1][:6])
+
+
+def test_every_visit_of_a_woman_realises_its_labels():
+    """A woman's anatomy is verified at every visit, not only the first and last: at seed 217 (64x96,
+    3 visits) group 130's middle visit reaches CIN2+ while its lesion is still too small to see, and
+    example 391 raised "did not realise label" when only visits 0 and 2 were checked."""
+    cfg = synthetic.SyntheticConfig(height=64, width=96, num_images=600, num_positive=180,
+                                    images_per_woman=3, label="treatability", seed=217)
+    group = int(synthetic.layout(cfg)[0][391])
+    params = synthetic._woman(cfg, group)
+    for visit in range(cfg.images_per_woman):
+        g = synthetic._visit_geometry(params, visit)
+        _, _, info = synthetic._render(g, (1.0, 0.0, 0.0), cfg.height, cfg.width, with_image=False)
+        assert synthetic._realised(info, g) == synthetic._wanted(g), visit
+    ex, info = synthetic.generate_example_info(cfg, 391)
+    assert int(ex["dysplasia"]) == synthetic._wanted(
+        synthetic._visit_geometry(params, int(synthetic._visits(cfg)[391])))["dysplasia"]
