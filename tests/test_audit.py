@@ -23,7 +23,11 @@ def data():
         label="treatability",
         seed=seed,
     )
-    return seed, cfg, audit.collect(cfg, range(cfg.num_images), workers=2)
+    try:
+        return seed, cfg, audit.collect(cfg, range(cfg.num_images), workers=2)
+    except Exception as err:  # a fixture's failure report has no seed of its own: name it here
+        raise RuntimeError(f"building the audit's dataset failed at random seed {seed} "
+                           f"(rerun with CERVIX_TEST_SEED={seed})") from err
 
 
 def _null_se(y, groups, auc=audit.NUISANCE_BOUND):

@@ -28,7 +28,8 @@ def _rec(rng, ids, labels, signal):
 
 def fabricated(rng):
     """3 splits x 2 head seeds; P3+P6+P7 on the stage-1 backbone carries the label (and loses it under
-    blur 7), P3 and the random arm do not; the detector's own score is noise."""
+    blur 7), P3 and the random arm do not; the detector's own score is noise, and P3's clean scores on
+    the stage-1 backbone are exactly the detector's."""
     data = {"stage1": {}, "points": {}, "groups": {}, "maps": {}}
     for split in range(3):
         n = int(rng.integers(30, 45))
@@ -42,9 +43,13 @@ def fabricated(rng):
                 for head in HEADS:
                     for blur in (0, 7):
                         signal = 4.0 if (arm, head, blur) == ("heads", "P3+P6+P7", 0) else 0.0
-                        data["points"].setdefault((arm, head, blur), {})[(split, seed)] = _rec(
-                            rng, ids, labels, signal
-                        )
+                        rec = _rec(rng, ids, labels, signal)
+                        if (arm, head, blur) == ("heads", "P3", 0):
+                            # exactly the detector's scores: a null that no resampling can make an
+                            # effect (independent noise would come out "reproduced" ~3 % of the time:
+                            # seed 278924460 did, [+0.002, +0.302])
+                            rec = dict(rec, score=data["stage1"][split]["score"].copy())
+                        data["points"].setdefault((arm, head, blur), {})[(split, seed)] = rec
         rows = []
         for head, method, blur in itertools.product(HEADS, ("cam", "crm_linear", "crm"), ("0", "7")):
             area = rng.uniform(0.1, 0.3, n) + (0.3 if method == "cam" else 0.0)
@@ -88,7 +93,9 @@ def test_analyse_recovers_planted_effects(rng, monkeypatch):
     assert E.verdict(claims["heads_beat_retinanet"]["P3+P6+P7"]["auc"]) == "reproduced", msg
     assert E.verdict(claims["blur_hurts"][("P3+P6+P7", 7)]["auc"]) == "reproduced", msg
     assert E.verdict(claims["stage1_beats_random"]["P3+P6+P7"]["auc"]) == "reproduced", msg
-    assert E.verdict(claims["heads_beat_retinanet"]["P3"]["auc"]) != "reproduced", msg
+    null = claims["heads_beat_retinanet"]["P3"]["auc"]
+    assert (null["estimate"], null["low"], null["high"]) == (0.0, 0.0, 0.0), msg
+    assert E.verdict(null) == "undecided", msg
     # maps: the mean over splits of each split's nanmean, CRM - CAM area = -0.3 by construction
     cam = next(r for r in res["maps"]["table"] if (r["head"], r["method"], r["blur"]) == ("P3", "cam", 0))
     ref = np.mean(
