@@ -163,11 +163,14 @@ def test_fig4ef_probability_by_grade_and_visit(tmp_path, rng):
         cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "data": {"name": "synthetic_cervix/x"}}))
     calls = []
 
+    def by_three(config):
+        return {i: i // 3 for i in range(30)}
+
     def lookup(config):
         calls.append(config["data"]["name"])
         return {"cin_grade": {i: i % 5 for i in range(30)}, "visit": {i: i % 3 for i in range(30)}}
 
-    result = paper_a.write_many(tmp_path / "out", [root], lookup=lookup)
+    result = paper_a.write_many(tmp_path / "out", [root], lookup=lookup, group_lookup=by_three)
     assert calls == ["synthetic_cervix/x"] and result["notes"] == []
     for f in ("fig4e_grade.png", "fig4f_visit.png"):
         assert f in result["written"] and (tmp_path / "out" / f).stat().st_size > 0
@@ -175,5 +178,42 @@ def test_fig4ef_probability_by_grade_and_visit(tmp_path, rng):
     def no_keys(config):
         raise KeyError("examples have no 'cin_grade'")
 
-    result = paper_a.write_many(tmp_path / "out2", [root], lookup=no_keys)
+    result = paper_a.write_many(tmp_path / "out2", [root], lookup=no_keys, group_lookup=by_three)
     assert "fig4e_grade.png" not in result["written"] and "cin_grade" in result["notes"][0]
+
+
+def test_table1_auc_interval_resamples_runs_and_women(tmp_path, rng):
+    """The runs x women column: hierarchical_bootstrap_ci on each run's test scores grouped by woman,
+    the group lookup called once per distinct data config; left out (nan, a note) without data."""
+    from cervix_jax import metrics as M
+    base = {"name": "baseline", "arch": "lenet", "crop": "none", "freeze_blocks": 0}
+    for s in range(3):
+        _point(tmp_path / "sw", f"seed={s}", base, rng, 0.7)
+        cfg = json.loads((tmp_path / "sw" / "points" / f"seed={s}" / "config.json").read_text())
+        cfg["data"] = {"name": "synthetic_cervix/evidence", "split_seed": s % 2}
+        (tmp_path / "sw" / "points" / f"seed={s}" / "config.json").write_text(json.dumps(cfg))
+    calls = []
+
+    def lookup(config):
+        calls.append(config["data"]["split_seed"])
+        return {i: i // 3 for i in range(30)}
+
+    result = paper_a.write_many(tmp_path / "out", [tmp_path / "sw"], group_lookup=lookup,
+                                lookup=lambda c: {"cin_grade": {}, "visit": {}})
+    assert sorted(calls) == [0, 1]                      # two distinct data configs, one call each
+    (row,) = result["rows"]
+    tuples, ref_auc = [], []
+    for s in range(3):
+        d = np.genfromtxt(tmp_path / "sw" / "points" / f"seed={s}" / "eval" / "scores_test.csv",
+                          delimiter=",", names=True)
+        tuples.append((d["score"], d["label"].astype(int), d["id"].astype(int) // 3))
+        ref_auc.append(skm.roc_auc_score(d["label"], d["score"]))
+    ci = M.hierarchical_bootstrap_ci(M.auc, tuples, n_boot=2000, seed=0)
+    np.testing.assert_allclose(ci["per_run"], ref_auc, rtol=1e-12)
+    assert (row["auc_rw_lo"], row["auc_rw_hi"]) == (ci["low"], ci["high"])
+    assert ci["low"] < np.mean(ref_auc) < ci["high"]
+    assert "AUC 95% (runs x women)" in (tmp_path / "out" / "table1.md").read_text()
+    # without a data section: nan and a note
+    _point(tmp_path / "bare", "seed=0", base, rng, 0.7)
+    bare = paper_a.write_many(tmp_path / "out2", [tmp_path / "bare"], group_lookup=lookup)
+    assert np.isnan(bare["rows"][0]["auc_rw_lo"]) and any("runs x women" in n for n in bare["notes"])

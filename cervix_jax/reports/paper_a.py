@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -97,8 +98,35 @@ def run_bootstrap_interval(values, *, rng: np.random.Generator, n_boot: int = 20
     return tuple(float(q) for q in np.percentile(means, [2.5, 97.5]))
 
 
-def table1(runs: list[dict], seed: int = 0) -> list[dict]:
-    """One row per approach: mean/sd of METRICS over runs (test at the val threshold), AUC interval."""
+def groups_of(config: dict) -> dict[int, int]:
+    """Example id -> woman (group) of a run's data (config.json's `data`), for the runs x women interval."""
+    import ml_collections as mlc
+
+    from cervix_jax.train.data import groups_by_id
+    return groups_by_id(mlc.ConfigDict(config["data"]))
+
+
+def runs_women_interval(runs: list[dict], group_lookup, *, seed: int = 0, n_boot: int = 2000) -> tuple:
+    """95% interval of the mean test AUC over runs, resampling runs and, inside each, its test women
+    (`metrics.hierarchical_bootstrap_ci`); group_lookup(config) -> {id: group}."""
+    from cervix_jax import metrics as M
+    tuples = []
+    for r in runs:
+        test = r["scores"]["test"]
+        group_of = group_lookup(r["config"])
+        try:
+            groups = np.array([group_of[int(i)] for i in test["id"]])
+        except KeyError as e:
+            raise KeyError(f"{r['dir']}: test id {e} has no group in its data") from None
+        tuples.append((np.asarray(test["score"], np.float64), np.asarray(test["label"]), groups))
+    ci = M.hierarchical_bootstrap_ci(M.auc, tuples, n_boot=n_boot, seed=seed)
+    return ci["low"], ci["high"]
+
+
+def table1(runs: list[dict], seed: int = 0, group_lookup=None) -> list[dict]:
+    """One row per approach: mean/sd of METRICS over runs (test at the val threshold), AUC intervals:
+    resampling runs (`auc_lo`/`auc_hi`) and, with group_lookup(config) -> {id: woman}, runs and women
+    (`auc_rw_lo`/`auc_rw_hi`; nan without it)."""
     rng = np.random.default_rng(seed)
     groups: dict[str, list[dict]] = {}
     for r in runs:
@@ -111,18 +139,21 @@ def table1(runs: list[dict], seed: int = 0) -> list[dict]:
             row[m], row[m + "_sd"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
         row["auc_lo"], row["auc_hi"] = run_bootstrap_interval(
             [r["metrics"]["test"]["at_val_threshold"]["auc"] for r in rs], rng=rng)
+        row["auc_rw_lo"], row["auc_rw_hi"] = (
+            runs_women_interval(rs, group_lookup, seed=seed) if group_lookup else (float("nan"),) * 2)
         rows.append(row)
     return sorted(rows, key=lambda r: (r["annotation"], -r["auc"]))
 
 
 def table1_markdown(rows: list[dict]) -> str:
     head = ("| approach | annotation | runs | accuracy | F1 | precision | recall | AUC | AUC 95% (runs) "
-            "| 1-EER |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
+            "| AUC 95% (runs x women) | 1-EER |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     fmt = lambda r, m: f"{r[m]:.3f}" + ("" if np.isnan(r[m + "_sd"]) else f" ± {r[m + '_sd']:.3f}")
+    ci = lambda r, k: "-" if np.isnan(r[k + "_lo"]) else f"[{r[k + '_lo']:.3f}, {r[k + '_hi']:.3f}]"
     lines = [f"| {r['approach']} | {r['annotation']} | {r['runs']} | " + " | ".join(
         fmt(r, m) for m in ("accuracy", "f1", "precision", "recall", "auc"))
-        + f" | [{r['auc_lo']:.3f}, {r['auc_hi']:.3f}] | {fmt(r, 'one_minus_eer')} |" for r in rows]
+        + f" | {ci(r, 'auc')} | {ci(r, 'auc_rw')} | {fmt(r, 'one_minus_eer')} |" for r in rows]
     return head + "\n".join(lines) + "\n"
 
 
@@ -294,20 +325,16 @@ def write_grade_visit(runs: list[dict], out: Path, lookup=image_keys) -> list[st
 
     lookup(config) -> {"cin_grade": {id: v}, "visit": {id: v}} (default `image_keys`, cached per data
     config)."""
-    import json
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cache: dict[str, dict] = {}
+    lookup = cached_per_data(lookup)
     names = list(dict.fromkeys(r["approach"] for r in runs))
     per: dict[str, dict[str, list]] = {}
     for r in runs:
-        key = json.dumps(r["config"].get("data", {}), sort_keys=True)
-        if key not in cache:
-            cache[key] = lookup(r["config"])
-        keys = cache[key]
+        keys = lookup(r["config"])
         test = r["scores"]["test"]
         p = per.setdefault(r["approach"], {"score": [], "label": [], "cin_grade": [], "visit": []})
         p["score"].append(np.asarray(test["score"], np.float64))
@@ -381,20 +408,38 @@ def write(config, workdir) -> dict:
     return write_many(workdir, [workdir])
 
 
-def write_many(out_dir, workdirs, *, tsne: bool = False, lookup=image_keys) -> dict:
+def cached_per_data(lookup):
+    """lookup(config) computed once per distinct `config["data"]` (runs of a sweep share their data)."""
+    cache: dict[str, object] = {}
+
+    def get(config):
+        key = json.dumps(config.get("data", {}), sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = lookup(config)
+        return cache[key]
+    return get
+
+
+def write_many(out_dir, workdirs, *, tsne: bool = False, lookup=image_keys, group_lookup=groups_of) -> dict:
     """Table 1 and Fig. 4 (a-c, e-f when the data carry CIN grade and visit, d with tsne) of the
-    points of several sweeps into out_dir. `lookup`: see `write_grade_visit`."""
+    points of several sweeps into out_dir. `lookup`: see `write_grade_visit`; `group_lookup`: see
+    `table1` (left out, with a note, when a point's config.json has no data section)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = choose_k(collect(workdirs))
-    rows = table1(runs)
+    notes = []
+    if not all("data" in r["config"] for r in runs):
+        group_lookup = None
+        notes.append("AUC 95% (runs x women) left out: a point's config.json has no data section")
+    elif group_lookup is not None:
+        group_lookup = cached_per_data(group_lookup)
+    rows = table1(runs, group_lookup=group_lookup)
     (out / "table1.md").write_text(table1_markdown(rows))
     with (out / "table1.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     written = ["table1.md", "table1.csv"] + write_figures(runs, rows, out)
-    notes = []
     if all("data" in r["config"] for r in runs):
         try:
             written += write_grade_visit(runs, out, lookup)
