@@ -217,3 +217,42 @@ def test_table1_auc_interval_resamples_runs_and_women(tmp_path, rng):
     _point(tmp_path / "bare", "seed=0", base, rng, 0.7)
     bare = paper_a.write_many(tmp_path / "out2", [tmp_path / "bare"], group_lookup=lookup)
     assert np.isnan(bare["rows"][0]["auc_rw_lo"]) and any("runs x women" in n for n in bare["notes"])
+
+
+def test_annotation_differences_pair_runs_by_seed_and_split(tmp_path, rng):
+    """Box crop − whole image per architecture: run pairs matched by (seed, split), test images aligned
+    by id (the box run's CSV is shuffled), per-pair AUC differences against scikit-learn, the interval
+    from hierarchical_bootstrap_ci on the paired tuples; a sweep without the reference gives no row."""
+    from cervix_jax import metrics as M
+    whole = {"name": "baseline", "arch": "lenet", "crop": "none", "freeze_blocks": 0}
+    ref_diff, tuples = [], []
+    for s in range(3):
+        for sweep, model in (("free", whole), ("box", dict(whole, crop="box", box_source="oracle"))):
+            d = tmp_path / sweep / "points" / f"seed={s}"
+            _point(tmp_path / sweep, f"seed={s}", model, rng, 0.7)
+            cfg = json.loads((d / "config.json").read_text())
+            (d / "config.json").write_text(json.dumps({**cfg, "seed": s, "data": {"split_seed": s}}))
+        a = np.genfromtxt(tmp_path / "box" / "points" / f"seed={s}" / "eval" / "scores_test.csv",
+                          delimiter=",", names=True)
+        b = np.genfromtxt(tmp_path / "free" / "points" / f"seed={s}" / "eval" / "scores_test.csv",
+                          delimiter=",", names=True)
+        b["label"] = a["label"]                       # the same women: same labels for the same ids
+        perm = rng.permutation(30)
+        (tmp_path / "free" / "points" / f"seed={s}" / "eval" / "scores_test.csv").write_text(
+            "id,label,score\n" + "".join(f"{int(b['id'][k])},{int(b['label'][k])},{b['score'][k]:.8g}\n"
+                                         for k in perm))
+        ref_diff.append(skm.roc_auc_score(a["label"], a["score"]) - skm.roc_auc_score(b["label"], b["score"]))
+        tuples.append((a["score"], b["score"], a["label"].astype(int), a["id"].astype(int) // 3))
+    result = paper_a.write_many(tmp_path / "out", [tmp_path / "free", tmp_path / "box"],
+                                lookup=lambda c: {"cin_grade": {}, "visit": {}},
+                                group_lookup=lambda c: {i: i // 3 for i in range(30)})
+    (d,) = result["differences"]
+    assert (d["approach"], d["reference"], d["runs"]) == ("Hu'19 analogue, oracle box, LeNet (Vasudha'18)",
+                                                          "LeNet (Vasudha'18)", 3)
+    np.testing.assert_allclose(d["per_run"], ref_diff, rtol=1e-12, atol=1e-12)
+    ci = M.hierarchical_bootstrap_ci(M.auc, tuples, n_boot=2000, seed=0)
+    assert (d["low"], d["high"]) == pytest.approx((ci["low"], ci["high"]))
+    assert "table1_differences.md" in result["written"]
+    alone = paper_a.write_many(tmp_path / "out2", [tmp_path / "box"], lookup=lambda c: {"cin_grade": {},
+                               "visit": {}}, group_lookup=lambda c: {i: i // 3 for i in range(30)})
+    assert alone["differences"] == []
