@@ -256,3 +256,12 @@ def test_annotation_differences_pair_runs_by_seed_and_split(tmp_path, rng):
     alone = paper_a.write_many(tmp_path / "out2", [tmp_path / "box"], lookup=lambda c: {"cin_grade": {},
                                "visit": {}}, group_lookup=lambda c: {i: i // 3 for i in range(30)})
     assert alone["differences"] == []
+    # paired runs that disagree on a test image's label are not the same women: refused
+    csv_b = tmp_path / "free" / "points" / "seed=0" / "eval" / "scores_test.csv"
+    lines = csv_b.read_text().splitlines()
+    i, y, sc = lines[1].split(",")
+    csv_b.write_text("\n".join([lines[0], f"{i},{1 - int(y)},{sc}", *lines[2:]]) + "\n")
+    with pytest.raises(ValueError, match="label the same test images differently"):
+        paper_a.write_many(tmp_path / "out3", [tmp_path / "free", tmp_path / "box"],
+                           lookup=lambda c: {"cin_grade": {}, "visit": {}},
+                           group_lookup=lambda c: {i: i // 3 for i in range(30)})

@@ -106,6 +106,27 @@ def groups_of(config: dict) -> dict[int, int]:
     return groups_by_id(mlc.ConfigDict(config["data"]))
 
 
+def cached_per_data(lookup):
+    """lookup(config) computed once per distinct `config["data"]` (runs of a sweep share their data)."""
+    cache: dict[str, object] = {}
+
+    def get(config):
+        key = json.dumps(config.get("data", {}), sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = lookup(config)
+        return cache[key]
+    return get
+
+
+def test_groups(run: dict, ids, group_lookup) -> np.ndarray:
+    """The woman (group) of each of `ids`, test images of `run`; KeyError naming the run otherwise."""
+    group_of = group_lookup(run["config"])
+    try:
+        return np.array([group_of[int(i)] for i in ids])
+    except KeyError as e:
+        raise KeyError(f"{run['dir']}: test id {e} has no group in its data") from None
+
+
 def runs_women_interval(runs: list[dict], group_lookup, *, seed: int = 0, n_boot: int = 2000) -> tuple:
     """95% interval of the mean test AUC over runs, resampling runs and, inside each, its test women
     (`metrics.hierarchical_bootstrap_ci`); group_lookup(config) -> {id: group}."""
@@ -113,12 +134,8 @@ def runs_women_interval(runs: list[dict], group_lookup, *, seed: int = 0, n_boot
     tuples = []
     for r in runs:
         test = r["scores"]["test"]
-        group_of = group_lookup(r["config"])
-        try:
-            groups = np.array([group_of[int(i)] for i in test["id"]])
-        except KeyError as e:
-            raise KeyError(f"{r['dir']}: test id {e} has no group in its data") from None
-        tuples.append((np.asarray(test["score"], np.float64), np.asarray(test["label"]), groups))
+        tuples.append((np.asarray(test["score"], np.float64), np.asarray(test["label"]),
+                       test_groups(r, test["id"], group_lookup)))
     ci = M.hierarchical_bootstrap_ci(M.auc, tuples, n_boot=n_boot, seed=seed)
     return ci["low"], ci["high"]
 
@@ -174,9 +191,11 @@ def annotation_differences(runs: list[dict], group_lookup, *, seed: int = 0,
                                  f"have different test images")
             pos_b = {int(i): k for k, i in enumerate(np.asarray(b["id"]).tolist())}
             order = np.array([pos_b[int(i)] for i in ids])
-            group_of = group_lookup(rs[key]["config"])
+            if not np.array_equal(np.asarray(a["label"]), np.asarray(b["label"])[order]):
+                raise ValueError(f"{rs[key]['dir']} and {by[ref_name][key]['dir']}: the paired runs "
+                                 f"label the same test images differently")
             tuples.append((np.asarray(a["score"], np.float64), np.asarray(b["score"], np.float64)[order],
-                           np.asarray(a["label"]), np.array([group_of[int(i)] for i in ids])))
+                           np.asarray(a["label"]), test_groups(rs[key], ids, group_lookup)))
         ci = M.hierarchical_bootstrap_ci(M.auc, tuples, n_boot=n_boot, seed=seed)
         out.append({"approach": name, "reference": ref_name, "runs": len(common), "estimate": ci["estimate"],
                     "low": ci["low"], "high": ci["high"], "per_run": [float(v) for v in ci["per_run"]]})
@@ -458,18 +477,6 @@ def write(config, workdir) -> dict:
     return write_many(workdir, [workdir])
 
 
-def cached_per_data(lookup):
-    """lookup(config) computed once per distinct `config["data"]` (runs of a sweep share their data)."""
-    cache: dict[str, object] = {}
-
-    def get(config):
-        key = json.dumps(config.get("data", {}), sort_keys=True, default=str)
-        if key not in cache:
-            cache[key] = lookup(config)
-        return cache[key]
-    return get
-
-
 def write_many(out_dir, workdirs, *, tsne: bool = False, lookup=image_keys, group_lookup=groups_of) -> dict:
     """Table 1 and Fig. 4 (a-c, e-f when the data carry CIN grade and visit, d with tsne) of the
     points of several sweeps into out_dir. `lookup`: see `write_grade_visit`; `group_lookup`: see
@@ -478,7 +485,8 @@ def write_many(out_dir, workdirs, *, tsne: bool = False, lookup=image_keys, grou
     out.mkdir(parents=True, exist_ok=True)
     runs = choose_k(collect(workdirs))
     notes = []
-    if not all("data" in r["config"] for r in runs):
+    has_data = all("data" in r["config"] for r in runs)
+    if not has_data:
         group_lookup = None
         notes.append("AUC 95% (runs x women) left out: a point's config.json has no data section")
     elif group_lookup is not None:
@@ -494,7 +502,7 @@ def write_many(out_dir, workdirs, *, tsne: bool = False, lookup=image_keys, grou
     if diffs:
         (out / "table1_differences.md").write_text(differences_markdown(diffs))
         written.append("table1_differences.md")
-    if all("data" in r["config"] for r in runs):
+    if has_data:
         try:
             written += write_grade_visit(runs, out, lookup)
         except KeyError as e:
