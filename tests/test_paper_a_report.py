@@ -1,5 +1,6 @@
 """Paper A's Table 1 / Fig. 4 report on fabricated sweep directories, against NumPy and scikit-learn."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -265,3 +266,46 @@ def test_annotation_differences_pair_runs_by_seed_and_split(tmp_path, rng):
         paper_a.write_many(tmp_path / "out3", [tmp_path / "free", tmp_path / "box"],
                            lookup=lambda c: {"cin_grade": {}, "visit": {}},
                            group_lookup=lambda c: {i: i // 3 for i in range(30)})
+
+
+def test_table2_one_row_per_patch_size_against_numpy(tmp_path, rng):
+    """Table 2: the patch-model runs grouped by patch size (grid from data.pad_to), each row's means and sd
+    over its runs against NumPy, sorted by patch size; baselines stay out; one patch size gives no table."""
+    sizes = (32, 8, 16)                        # written out of order: the table sorts them
+    truth = {}
+    for p in sizes:
+        for s in range(3):
+            model = {"name": "patch", "regulator": "iterative", "spatial_reduction": "sum", "patch_size": p}
+            name = f"model.patch_size={p}__seed={s}"
+            truth.setdefault(p, []).append(_point(tmp_path / "sw", name, model, rng, 0.7))
+            path = tmp_path / "sw" / "points" / name / "config.json"
+            cfg = json.loads(path.read_text())
+            path.write_text(json.dumps({**cfg, "data": {"pad_to": [128, 192], "split_seed": s}}))
+    _point(tmp_path / "sw", "baseline", {"name": "baseline", "arch": "lenet", "crop": "none",
+                                         "freeze_blocks": 0}, rng, 0.7)
+    path = tmp_path / "sw" / "points" / "baseline" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "data": {"split_seed": 0}}))
+    kw = dict(lookup=lambda c: {"cin_grade": {}, "visit": {}},
+              group_lookup=lambda c: {i: i // 3 for i in range(30)})
+    result = paper_a.write_many(tmp_path / "out", [tmp_path / "sw"], **kw)
+    rows = result["table2"]
+    assert [r["patch_px"] for r in rows] == [8, 16, 32]
+    assert [r["grid"] for r in rows] == ["16 x 24", "8 x 12", "4 x 6"]
+    for r in rows:
+        assert r["runs"] == 3 and r["image"] == "128 x 192"
+        assert r["approach"] == f"Patch model (iterative regulator, Eqn. 5 sum, {r['patch_px']} px patches)"
+        for k in paper_a.METRICS:
+            v = np.array([m[k] for m in truth[r["patch_px"]]])
+            np.testing.assert_allclose([r[k], r[k + "_sd"]], [v.mean(), v.std(ddof=1)], rtol=1e-12)
+        assert r["auc_lo"] <= r["auc"] <= r["auc_hi"] and r["auc_rw_lo"] <= r["auc_rw_hi"]
+    text = (tmp_path / "out" / "table2.md").read_text()
+    assert text.count("\n") == 2 + len(sizes) and "| 16 | 8 x 12 | 128 x 192 |" in text
+    assert (tmp_path / "out" / "table2_auc.png").stat().st_size > 0
+    # one patch size only: no Table 2
+    one = tmp_path / "one"
+    (one / "points").mkdir(parents=True)
+    for s in range(2):
+        src = tmp_path / "sw" / "points" / f"model.patch_size=8__seed={s}"
+        shutil.copytree(src, one / "points" / src.name)
+    alone = paper_a.write_many(tmp_path / "out2", [one], **kw)
+    assert alone["table2"] == [] and not (tmp_path / "out2" / "table2.md").exists()

@@ -269,3 +269,15 @@ def test_config_variants_build_consistent_grids():
     assert task_patch.make(c.model).grid_for(c.data.pad_to) == (16, 24)
     with pytest.raises(ValueError, match="unknown args"):
         get_config("ps29")
+    # Table 2 at CPU scale: one image shape holds every patch size of the sweep (0.5x to 4x of 16 px)
+    from configs.patch import CPU_PATCH_SIZES
+    c = get_config("table2,cpu")
+    (key, sizes), _ = c.sweep.grid
+    assert key == "model.patch_size" and sizes == CPU_PATCH_SIZES == (8, 16, 32, 64)
+    grids = []
+    for p in sizes:
+        c.model.patch_size = p
+        grids.append(task_patch.make(c.model).grid_for(c.data.pad_to))
+    assert grids == [(16, 24), (8, 12), (4, 6), (2, 3)]
+    with pytest.raises(ValueError, match="'cpu' scales the 'table2' sweep only"):
+        get_config("cpu")

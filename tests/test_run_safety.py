@@ -228,6 +228,7 @@ def test_validation_reports_every_bad_value_at_once(rng):
                                       ("configs/pyramid.py", "p3,p6,p7,runlocal"),
                                       ("configs/pyramid.py", "sweep,small"), ("configs/patch.py", "runlocal"),
                                       ("configs/patch.py", "evidence"), ("configs/patch.py", "ps56,fixed"),
+                                      ("configs/patch.py", "table2,cpu"), ("configs/patch.py", "ablation"),
                                       ("configs/retinanet.py", None), ("configs/baselines.py", None)])
 def test_shipped_configs_are_valid(path, arg):
     import importlib.util

@@ -44,7 +44,8 @@ def approach(config: dict) -> tuple[str, bool, str]:
     m = config["model"]
     if m["name"] == "patch":
         reduction = f", Eqn. 5 {m['spatial_reduction']}" if "spatial_reduction" in m else ""
-        return f"Patch model ({m.get('regulator', 'iterative')} regulator{reduction})", False, ""
+        size = f", {m['patch_size']} px patches" if "patch_size" in m else ""
+        return f"Patch model ({m.get('regulator', 'iterative')} regulator{reduction}{size})", False, ""
     if m["name"] != "baseline":
         return m["name"], False, ""
     arch = ARCH_NAMES.get(m["arch"], m["arch"])
@@ -211,16 +212,85 @@ def differences_markdown(diffs: list[dict]) -> str:
         for d in diffs) + "\n"
 
 
+METRIC_HEADER = ("accuracy | F1 | precision | recall | AUC | AUC 95% (runs) | AUC 95% (runs x women) "
+                 "| 1-EER")
+
+
+def metric_cells(r: dict) -> str:
+    """A Table 1/2 row's metric cells (mean ± sd over runs, the two AUC intervals), as METRIC_HEADER."""
+    fmt = lambda m: f"{r[m]:.3f}" + ("" if np.isnan(r[m + "_sd"]) else f" ± {r[m + '_sd']:.3f}")
+    ci = lambda k: "-" if np.isnan(r[k + "_lo"]) else f"[{r[k + '_lo']:.3f}, {r[k + '_hi']:.3f}]"
+    return " | ".join([fmt(m) for m in ("accuracy", "f1", "precision", "recall", "auc")]
+                      + [ci("auc"), ci("auc_rw"), fmt("one_minus_eer")])
+
+
 def table1_markdown(rows: list[dict]) -> str:
-    head = ("| approach | annotation | runs | accuracy | F1 | precision | recall | AUC | AUC 95% (runs) "
-            "| AUC 95% (runs x women) | 1-EER |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
-    fmt = lambda r, m: f"{r[m]:.3f}" + ("" if np.isnan(r[m + "_sd"]) else f" ± {r[m + '_sd']:.3f}")
-    ci = lambda r, k: "-" if np.isnan(r[k + "_lo"]) else f"[{r[k + '_lo']:.3f}, {r[k + '_hi']:.3f}]"
-    lines = [f"| {r['approach']} | {r['annotation']} | {r['runs']} | " + " | ".join(
-        fmt(r, m) for m in ("accuracy", "f1", "precision", "recall", "auc"))
-        + f" | {ci(r, 'auc')} | {ci(r, 'auc_rw')} | {fmt(r, 'one_minus_eer')} |" for r in rows]
+    head = "| approach | annotation | runs | " + METRIC_HEADER + " |\n" + "|---" * 11 + "|\n"
+    lines = [f"| {r['approach']} | {r['annotation']} | {r['runs']} | " + metric_cells(r) + " |" for r in rows]
     return head + "\n".join(lines) + "\n"
+
+
+def patch_grid(config: dict) -> tuple[int, int, int]:
+    """(patch px, grid rows, grid columns) of a patch-model point from its config.json (the model's input
+    is `data.pad_to`, cut into patch_size tiles)."""
+    p = int(config["model"]["patch_size"])
+    h, w = (int(v) for v in config["data"]["pad_to"])
+    return p, h // p, w // p
+
+
+def table2(runs: list[dict], seed: int = 0, group_lookup=None) -> list[dict]:
+    """Paper A's Table 2: Table 1's row (`table1`) for each patch size of the patch-model runs, plus
+    `patch_px`, `grid` ("rows x cols") and `image` ("H x W"), sorted by patch size. [] unless the runs hold
+    at least two patch sizes (a point's config needs `model.patch_size` and `data.pad_to`)."""
+    patch_runs = [r for r in runs if r["config"]["model"]["name"] == "patch"
+                  and "patch_size" in r["config"]["model"] and "pad_to" in r["config"].get("data", {})]
+    if len({patch_grid(r["config"])[0] for r in patch_runs}) < 2:
+        return []
+    rows = table1(patch_runs, seed=seed, group_lookup=group_lookup)
+    for row in rows:
+        config = next(r["config"] for r in patch_runs if r["approach"] == row["approach"])
+        p, gh, gw = patch_grid(config)
+        h, w = config["data"]["pad_to"]
+        row.update(patch_px=p, grid=f"{gh} x {gw}", image=f"{h} x {w}")
+    return sorted(rows, key=lambda r: (r["patch_px"], r["approach"]))
+
+
+def table2_markdown(rows: list[dict]) -> str:
+    head = ("| patch size (px) | grid | image | approach | runs | " + METRIC_HEADER + " |\n"
+            + "|---" * 13 + "|\n")
+    lines = [f"| {r['patch_px']} | {r['grid']} | {r['image']} | {r['approach']} | {r['runs']} | "
+             + metric_cells(r) + " |" for r in rows]
+    return head + "\n".join(lines) + "\n"
+
+
+def write_table2_figure(runs: list[dict], rows: list[dict], out: Path) -> str:
+    """table2_auc.png: test AUC against patch size, one dot per run, the mean and its intervals."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs = np.arange(len(rows))
+    for x, row in zip(xs, rows):
+        aucs = [r["metrics"]["test"]["at_val_threshold"]["auc"] for r in runs
+                if r["approach"] == row["approach"]]
+        ax.scatter(np.full(len(aucs), x - 0.12), aucs, s=12, color="0.5", zorder=3,
+                   label="one run" if x == 0 else None)
+        for dx, key, colour, label in ((0.0, "auc", "tab:blue", "95% (runs)"),
+                                       (0.12, "auc_rw", "tab:orange", "95% (runs x women)")):
+            if not np.isnan(row[key + "_lo"]):
+                err = [[row["auc"] - row[key + "_lo"]], [row[key + "_hi"] - row["auc"]]]
+                ax.errorbar(x + dx, row["auc"], yerr=err, fmt="o", color=colour, capsize=3,
+                            label=label if x == 0 else None)
+    ax.axhline(0.5, color="k", ls=":", lw=0.8)
+    ax.set_xticks(xs, [f"{r['patch_px']} px\n{r['grid']}" for r in rows], fontsize=7)
+    ax.set_ylabel("test AUC")
+    ax.set_title("Table 2: patch size", fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "table2_auc.png", dpi=120)
+    plt.close(fig)
+    return "table2_auc.png"
 
 
 def normalised_metrics(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -247,13 +317,13 @@ def write_figures(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
     written = []
     names = [r["approach"] for r in rows]
     norm = normalised_metrics(rows)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(METRICS) * max(1, len(rows)) / 3), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(METRICS) * max(1, len(rows)) / 3), 4 + 0.12 * len(rows)))
     width = 0.8 / len(rows)
     for i, name in enumerate(names):
         ax.bar(np.arange(len(METRICS)) + i * width, [norm[m][i] for m in METRICS], width, label=name)
     ax.set_xticks(np.arange(len(METRICS)) + 0.4 - width / 2, METRICS)
     ax.set_ylabel("metric / best approach's")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(out / "fig4a_metrics.png", dpi=120)
     plt.close(fig)
@@ -498,6 +568,10 @@ def write_many(out_dir, workdirs, *, tsne: bool = False, lookup=image_keys, grou
         w.writeheader()
         w.writerows(rows)
     written = ["table1.md", "table1.csv"] + write_figures(runs, rows, out)
+    rows2 = table2(runs, group_lookup=group_lookup)
+    if rows2:
+        (out / "table2.md").write_text(table2_markdown(rows2))
+        written += ["table2.md", write_table2_figure(runs, rows2, out)]
     diffs = annotation_differences(runs, group_lookup) if group_lookup else []
     if diffs:
         (out / "table1_differences.md").write_text(differences_markdown(diffs))
@@ -511,7 +585,8 @@ def write_many(out_dir, workdirs, *, tsne: bool = False, lookup=image_keys, grou
         notes.append("Fig. 4e/f left out: a point's config.json has no data section")
     if tsne:
         written.append(write_tsne(runs, out))
-    return {"out": str(out), "written": written, "rows": rows, "differences": diffs, "notes": notes}
+    return {"out": str(out), "written": written, "rows": rows, "table2": rows2, "differences": diffs,
+            "notes": notes}
 
 
 def main(argv=None) -> dict:
@@ -522,6 +597,8 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     result = write_many(a.out_dir, a.workdirs, tsne=a.tsne)
     print(table1_markdown(result["rows"]))
+    if result["table2"]:
+        print(table2_markdown(result["table2"]))
     if result["differences"]:
         print(differences_markdown(result["differences"]))
     for note in result["notes"]:
