@@ -49,6 +49,18 @@ def test_evidence_sweep_and_report_through_launch(tmp_path, rng):
             pg.append(np.nanmean([np.nan if it["metrics"]["weights"]["pointing_game_cervix"] is None
                                   else it["metrics"]["weights"]["pointing_game_cervix"] for it in items]))
         np.testing.assert_allclose(report["table"][mode]["pointing_game_cervix"], pg, rtol=1e-12)
+    # the ablation report reads the same points (explained above): one record per point, arms named
+    # "<regulator>/<reduction>", AUC from each point's own metrics, groups from the data
+    from cervix_jax.reports import regulator_ablation
+    records = regulator_ablation.measure(work, explain=False)
+    assert sorted((r["arm"], r["seed"]) for r in records) == sorted(
+        (f"{m}/mean", s) for m in ("none", "fixed", "iterative") for s in seeds)
+    for r in records:
+        m = json.loads((Path(r["dir"]) / "eval" / "metrics.json").read_text())["test"]["at_val_threshold"]
+        assert r["auc"] == m["auc"] and len(r["test_groups"]) == len(r["test_ids"]) == len(r["iou_excess"])
+    result = regulator_ablation.write(records, tmp_path / "ablation", n_boot=200)
+    assert {(d["a"], d["b"]) for d in result["differences"]} == {
+        ("iterative/mean", "none/mean"), ("iterative/mean", "fixed/mean"), ("fixed/mean", "none/mean")}
     before = (work / "regulator_evidence.json").read_text()
     launch("report")                      # reads the explained points again; same tables
     assert json.loads((work / "regulator_evidence.json").read_text())["table"] == json.loads(before)["table"]

@@ -1,0 +1,94 @@
+"""Paper A's regulator ablation report on fabricated per-run measurements, against NumPy, scikit-learn
+and the metrics module's bootstraps called on independently assembled inputs."""
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from cervix_jax import metrics as M
+from cervix_jax.reports import paper_a, regulator_ablation as RA
+
+N_TEST, N_TRAIN = 24, 30
+
+
+def _records(rng, effects, runs=(0, 1, 2, 3)):
+    """One record per (arm, run). effects[arm] = {metric: shift}; per-image values share a per-run base
+    so that arms of a run are paired image by image; an arm's shift of 0 leaves it equal to the base."""
+    records = []
+    for k in runs:
+        base = {m: rng.uniform(0, 1, N_TRAIN if m in RA.PER_TRAIN_IMAGE else N_TEST)
+                for m in RA.PER_TEST_IMAGE + RA.PER_TRAIN_IMAGE}
+        labels = np.r_[np.zeros(N_TEST // 2, int), np.ones(N_TEST // 2, int)]
+        ids = rng.permutation(1000)[:N_TEST] + 100 * k
+        score0 = rng.uniform(0, 1, N_TEST)
+        for arm, eff in effects.items():
+            r = {m: (base[m] + eff.get(m, 0.0)).tolist() for m in base}
+            score = np.clip(score0 + eff.get("score", 0.0) * labels, 0, 2)
+            r.update(arm=arm, seed=k, split_seed=k, dir=f"{arm}-{k}", test_ids=[int(i) for i in ids],
+                     test_groups=[int(i) // 3 for i in range(N_TEST)],
+                     train_groups=[i // 3 for i in range(N_TRAIN)],
+                     auc=float(skm.roc_auc_score(labels, score)), init_err=[3.0] * N_TRAIN,
+                     scores={int(i): (float(s), int(y)) for i, s, y in zip(ids, score, labels)})
+            records.append(r)
+    return records
+
+
+def test_verdict_reads_the_interval_on_the_papers_side():
+    assert RA.verdict(0.1, 0.3, +1) == "reproduced" and RA.verdict(-0.3, -0.1, -1) == "reproduced"
+    assert RA.verdict(-0.3, -0.1, +1) == "refuted" and RA.verdict(0.1, 0.3, -1) == "refuted"
+    assert RA.verdict(-0.1, 0.2, +1) == RA.verdict(0.0, 0.0, -1) == RA.verdict(np.nan, 1, 1) == "undecided"
+
+
+def test_paired_difference_pairs_runs_and_images(rng):
+    recs = _records(rng, {"iterative/sum": {"mass_cervix": 0.2, "score": 0.5}, "none/sum": {}})
+    recs += _records(rng, {"iterative/sum": {}}, runs=(9,))           # a run without its pair: left out
+    rng.shuffle(recs)
+    d = RA.paired_difference(recs, "iterative/sum", "none/sum", "mass_cervix", n_boot=500)
+    runs = sorted({r["seed"] for r in recs if r["arm"] == "none/sum"})
+    by = {(r["arm"], r["seed"]): r for r in recs}
+    diffs = [np.subtract(by["iterative/sum", k]["mass_cervix"], by["none/sum", k]["mass_cervix"])
+             for k in runs]
+    groups = [np.asarray(by["iterative/sum", k]["test_groups"]) for k in runs]
+    ref = M.hierarchical_bootstrap_diff(diffs, groups, n_boot=500, seed=0)
+    assert d["runs"] == 4
+    np.testing.assert_allclose(d["per_run"], [x.mean() for x in diffs], rtol=1e-12)
+    assert (d["estimate"], d["low"], d["high"]) == pytest.approx((ref["estimate"], ref["low"], ref["high"]))
+    np.testing.assert_allclose(d["per_run"], 0.2, atol=1e-12)
+    a = RA.paired_difference(recs, "iterative/sum", "none/sum", "auc", n_boot=500)
+    want = [by["iterative/sum", k]["auc"] - by["none/sum", k]["auc"] for k in runs]
+    np.testing.assert_allclose(a["per_run"], want, rtol=1e-9, atol=1e-12)
+    assert a["low"] <= a["estimate"] <= a["high"]
+    assert RA.paired_difference(recs, "iterative/sum", "fixed/sum", "auc") == {}
+
+
+def test_write_gives_each_claim_its_verdict(tmp_path, rng):
+    effects = {"none/sum": {}, "fixed/sum": {"reg_err": 0.0},
+               "iterative/sum": {"mass_cervix": 0.25, "iou_excess": 0.0, "reg_err": +0.5, "score": 0.0}}
+    result = RA.write(_records(rng, effects), tmp_path, n_boot=500)
+    got = {(c["metric"], c["reduction"]): c["verdict"] for c in result["claims"]}
+    assert got == {("mass_cervix", "sum"): "reproduced",   # planted +0.25 on every image
+                   ("iou_excess", "sum"): "undecided",     # identical arms: interval [0, 0]
+                   ("reg_err", "sum"): "refuted",          # the iterative regulator ends 0.5 further away
+                   ("auc", "sum"): "undecided"}            # identical scores
+    rows = {r["arm"]: r for r in result["arms"]}
+    assert rows["iterative/sum"]["runs"] == 4
+    for f in ("regulator_ablation.md", "regulator_ablation.json", "ablation_differences.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    md = (tmp_path / "regulator_ablation.md").read_text()
+    assert "| iterative/sum − none/sum | mass_cervix | 4 | +0.250 |" in md
+
+
+def test_add_controls_area_matched_blob(rng):
+    masks = np.zeros((3, 24, 36), np.uint8)
+    for i in range(3):
+        y, x = rng.integers(4, 12), rng.integers(4, 20)
+        masks[i, y:y + 10, x:x + 14] = 1
+    roi = rng.uniform(0.05, 0.6, 3)
+    iou = rng.uniform(0, 1, 3)
+    out = RA.add_controls({"roi_area": roi.tolist(), "iou_cervix": iou.tolist()}, masks)
+    for i in range(3):
+        region = paper_a.area_matched_centre_region(roi[i], (24, 36))
+        inter = (region & (masks[i] > 0)).sum()
+        want = inter / (region | (masks[i] > 0)).sum()
+        assert out["iou_area_matched"][i] == pytest.approx(want)
+        assert out["iou_excess"][i] == pytest.approx(iou[i] - want)
+        assert out["area_share"][i] == pytest.approx(140 / (24 * 36))
