@@ -278,10 +278,10 @@ def write_table2_figure(runs: list[dict], rows: list[dict], out: Path) -> str:
                    label="one run" if x == 0 else None)
         for dx, key, colour, label in ((0.0, "auc", "tab:blue", "95% (runs)"),
                                        (0.12, "auc_rw", "tab:orange", "95% (runs x women)")):
-            if not np.isnan(row[key + "_lo"]):
-                err = [[row["auc"] - row[key + "_lo"]], [row[key + "_hi"] - row["auc"]]]
-                ax.errorbar(x + dx, row["auc"], yerr=err, fmt="o", color=colour, capsize=3,
-                            label=label if x == 0 else None)
+            if not np.isnan(row[key + "_lo"]):     # a percentile interval need not contain the mean
+                ax.vlines(x + dx, row[key + "_lo"], row[key + "_hi"], color=colour,
+                          label=label if x == 0 else None)
+                ax.plot([x + dx], [row["auc"]], "o", color=colour)
     ax.axhline(0.5, color="k", ls=":", lw=0.8)
     ax.set_xticks(xs, [f"{r['patch_px']} px\n{r['grid']}" for r in rows], fontsize=7)
     ax.set_ylabel("test AUC")

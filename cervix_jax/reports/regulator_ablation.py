@@ -211,8 +211,8 @@ def write_figures(records: list[dict], diffs: list[dict], out: Path) -> list[str
     if diffs:
         fig, ax = plt.subplots(figsize=(7, 0.28 * len(diffs) + 1.2))
         for i, d in enumerate(diffs):
-            ax.errorbar(d["estimate"], i, xerr=[[d["estimate"] - d["low"]], [d["high"] - d["estimate"]]],
-                        fmt="o", color="tab:blue", capsize=2, ms=3)
+            ax.hlines(i, d["low"], d["high"], color="tab:blue")   # a percentile interval need not
+            ax.plot([d["estimate"]], [i], "o", color="tab:blue", ms=3)  # contain the estimate
         ax.axvline(0, color="k", lw=0.8, ls=":")
         ax.set_yticks(range(len(diffs)), [f"{d['a']} − {d['b']}: {d['metric']}" for d in diffs], fontsize=6)
         ax.invert_yaxis()
