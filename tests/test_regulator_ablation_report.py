@@ -63,7 +63,7 @@ def test_paired_difference_pairs_runs_and_images(rng):
 def test_write_gives_each_claim_its_verdict(tmp_path, rng):
     effects = {"none/sum": {}, "fixed/sum": {"reg_err": 0.0},
                "iterative/sum": {"mass_cervix": 0.25, "iou_excess": 0.0, "reg_err": +0.5, "score": 0.0}}
-    result = RA.write(_records(rng, effects), tmp_path, n_boot=500)
+    result = RA.write_tables(_records(rng, effects), tmp_path, n_boot=500)
     got = {(c["metric"], c["reduction"]): c["verdict"] for c in result["claims"]}
     assert got == {("mass_cervix", "sum"): "reproduced",   # planted +0.25 on every image
                    ("iou_excess", "sum"): "undecided",     # identical arms: interval [0, 0]

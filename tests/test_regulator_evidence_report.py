@@ -58,7 +58,7 @@ def test_evidence_sweep_and_report_through_launch(tmp_path, rng):
     for r in records:
         m = json.loads((Path(r["dir"]) / "eval" / "metrics.json").read_text())["test"]["at_val_threshold"]
         assert r["auc"] == m["auc"] and len(r["test_groups"]) == len(r["test_ids"]) == len(r["iou_excess"])
-    result = regulator_ablation.write(records, tmp_path / "ablation", n_boot=200)
+    result = regulator_ablation.write_tables(records, tmp_path / "ablation", n_boot=200)
     assert {(d["a"], d["b"]) for d in result["differences"]} == {
         ("iterative/mean", "none/mean"), ("iterative/mean", "fixed/mean"), ("fixed/mean", "none/mean")}
     before = (work / "regulator_evidence.json").read_text()

@@ -9,6 +9,8 @@ nothing to report on). `config.sweep.reports` names the ones a config wants, as 
     paper_b_table       WORKDIR/paper_table.{md,csv}: paper B's heads x blur, bootstrap intervals
     paper_b_maps        WORKDIR/maps/: CAM vs CRM per head and blur (metrics per image, grids)
     regulator_evidence  WORKDIR/regulator_evidence.{md,json}: paper A's regulator claim
+    regulator_ablation  WORKDIR/regulator_ablation.{md,json} + figures: paper A's Fig. 5 ablation (regulator
+                        x Eqn. 5 reduction x runs that vary the split; runs x women intervals, controls)
     paper_a_table1      WORKDIR/table1.{md,csv}, fig4{a,b,c}_*.png: paper A's Table 1 and Fig. 4 a-c
                         (`python -m cervix_jax.reports.paper_a` combines several sweeps, adds Fig. 4d)
 """
@@ -22,6 +24,7 @@ _REGISTRY: dict[str, str] = {
     "paper_b_table": "cervix_jax.reports.paper_b_table",
     "paper_b_maps": "cervix_jax.reports.paper_b_maps",
     "regulator_evidence": "cervix_jax.reports.regulator_evidence",
+    "regulator_ablation": "cervix_jax.reports.regulator_ablation",
     "paper_a_table1": "cervix_jax.reports.paper_a",
 }
 

@@ -155,7 +155,14 @@ def arm_table(records: list[dict]) -> list[dict]:
     return rows
 
 
-def write(records: list[dict], out, *, n_boot: int = 2000) -> dict:
+def write(config, workdir) -> dict:
+    """The report-registry entry (`config.sweep.reports = (..., "regulator_ablation")`): measures the
+    sweep's finished points and writes the tables and figures into its workdir."""
+    del config
+    return write_tables(measure(workdir), workdir)
+
+
+def write_tables(records: list[dict], out, *, n_boot: int = 2000) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = arm_table(records)
@@ -244,7 +251,7 @@ def main(argv=None) -> dict:
     p.add_argument("workdir")
     p.add_argument("--out", default=None, help="output folder (default: the workdir)")
     a = p.parse_args(argv)
-    result = write(measure(a.workdir), a.out or a.workdir)
+    result = write_tables(measure(a.workdir), a.out or a.workdir)
     print((Path(a.out or a.workdir) / "regulator_ablation.md").read_text())
     return result
 
