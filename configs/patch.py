@@ -21,6 +21,22 @@ from cervix_jax.train.config import base_config
 CPU_PATCH_SIZES = (8, 16, 32, 64)
 
 
+def _cpu_evidence(c, *, size: tuple[int, int], patch: int, epochs: int, lr: float, patience: int) -> None:
+    """The CPU-sized sweeps' shared settings (`evidence`, `ablation`, `table2,cpu`): the evidence data at
+    `size` (H, W), "torch" inputs, no explainer during the sweep (its report explains every test image)."""
+    c.data.name = "synthetic_cervix/evidence"
+    c.data.image_size = max(size)
+    c.data.pad_to = size
+    c.data.normalization = "torch"
+    c.model.patch_size = patch
+    c.train.epochs = epochs
+    c.train.lr = lr
+    c.train.patience = patience
+    c.train.log_every = 20
+    c.explain.methods = ()
+    c.explain.max_images = 1000          # every test image
+
+
 def get_config(arg: str | None = None):
     args = [a for a in (arg or "").split(",") if a]
     known = set(PATCH_VARIANTS) | {"none", "fixed", "iterative", "runlocal", "evidence", "ablation",
@@ -63,19 +79,9 @@ def get_config(arg: str | None = None):
     if "evidence" in args:
         # Paper A's regulator claim: none / fixed / iterative x 3 seeds on the same split, CPU-sized
         # (~5 min a point on 2 CPU cores). Why these settings: docs/results/paper_a.md.
-        c.data.name = "synthetic_cervix/evidence"
-        c.data.image_size = 144
-        c.data.pad_to = (96, 144)
-        c.data.normalization = "torch"
-        c.model.patch_size = 8
+        _cpu_evidence(c, size=(96, 144), patch=8, epochs=50, lr=1e-4, patience=0)
         c.model.aggregation = "normalized"     # the project's first choice, kept so that
         c.model.spatial_reduction = "mean"     # docs/results/paper_a.md's runs are reproduced
-        c.train.epochs = 50
-        c.train.lr = 1e-4
-        c.train.patience = 0
-        c.train.log_every = 20
-        c.explain.methods = ()
-        c.explain.max_images = 1000          # every test image
         c.sweep.grid = (("model.regulator", ("none", "fixed", "iterative")), ("seed", (0, 1, 2)))
         c.sweep.reports = ("summary", "regulator_evidence")
     if "ablation" in args:
@@ -84,17 +90,7 @@ def get_config(arg: str | None = None):
         # stopping, patience 5, at most 40 epochs) on the evidence data (CPU-sized, as `evidence`).
         # Adam 1e-3: Table 2's CPU runs (same model, lr 1e-3) peaked on validation by epoch 4-10; at
         # 1e-4 with patience 15 the 30 runs would take ~6 h on 2 cores instead of ~1 h.
-        c.data.name = "synthetic_cervix/evidence"
-        c.data.image_size = 144
-        c.data.pad_to = (96, 144)
-        c.data.normalization = "torch"
-        c.model.patch_size = 8
-        c.train.epochs = 40
-        c.train.lr = 1e-3
-        c.train.patience = 5
-        c.train.log_every = 20
-        c.explain.methods = ()
-        c.explain.max_images = 1000
+        _cpu_evidence(c, size=(96, 144), patch=8, epochs=40, lr=1e-3, patience=5)
         c.sweep.grid = (("model.regulator", ("none", "fixed", "iterative")),
                         ("model.spatial_reduction", ("sum", "mean")),
                         ("seed+data.split_seed", (0, 1, 2, 3, 4)))
@@ -111,17 +107,7 @@ def get_config(arg: str | None = None):
             # pools need patches of >= 8 px. Paper-literal model (average, Eqn. 5 sum, iterative,
             # paper weight net); Adam 1e-3 for at most 12 epochs, early stopping on val AUC
             # (patience 4); 3 runs (seed k with split k): ~1 h for the 12 runs on 2 CPU cores.
-            c.data.name = "synthetic_cervix/evidence"
-            c.data.image_size = 192
-            c.data.pad_to = (128, 192)
-            c.data.normalization = "torch"
-            c.model.patch_size = 16
-            c.train.epochs = 12
-            c.train.lr = 1e-3
-            c.train.patience = 4
-            c.train.log_every = 20
-            c.explain.methods = ()
-            c.explain.max_images = 1000
+            _cpu_evidence(c, size=(128, 192), patch=16, epochs=12, lr=1e-3, patience=4)
             c.sweep.grid = (("model.patch_size", CPU_PATCH_SIZES), ("seed+data.split_seed", (0, 1, 2)))
     elif "cpu" in args:
         raise ValueError("configs/patch.py: 'cpu' scales the 'table2' sweep only; add 'table2'")
