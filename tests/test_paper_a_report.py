@@ -274,7 +274,7 @@ def test_table2_one_row_per_patch_size_against_numpy(tmp_path, rng):
     sizes = (32, 8, 16)                        # written out of order: the table sorts them
     truth = {}
     for p in sizes:
-        for s in range(3):
+        for s in range(6):                     # 6 runs: a 3-run bootstrap's percentiles are too discrete
             model = {"name": "patch", "regulator": "iterative", "spatial_reduction": "sum", "patch_size": p}
             name = f"model.patch_size={p}__seed={s}"
             truth.setdefault(p, []).append(_point(tmp_path / "sw", name, model, rng, 0.7))
@@ -292,7 +292,7 @@ def test_table2_one_row_per_patch_size_against_numpy(tmp_path, rng):
     assert [r["patch_px"] for r in rows] == [8, 16, 32]
     assert [r["grid"] for r in rows] == ["16 x 24", "8 x 12", "4 x 6"]
     for r in rows:
-        assert r["runs"] == 3 and r["image"] == "128 x 192"
+        assert r["runs"] == 6 and r["image"] == "128 x 192"
         assert r["approach"] == f"Patch model (iterative regulator, Eqn. 5 sum, {r['patch_px']} px patches)"
         for k in paper_a.METRICS:
             v = np.array([m[k] for m in truth[r["patch_px"]]])
@@ -301,6 +301,17 @@ def test_table2_one_row_per_patch_size_against_numpy(tmp_path, rng):
     text = (tmp_path / "out" / "table2.md").read_text()
     assert text.count("\n") == 2 + len(sizes) and "| 16 | 8 x 12 | 128 x 192 |" in text
     assert (tmp_path / "out" / "table2_auc.png").stat().st_size > 0
+    # a row's numbers (its bootstrap intervals too) are the same approach's Table 1 row: each row draws
+    # from its own generator, so neither the other rows nor their order change it
+    table1 = {r["approach"]: r for r in result["rows"]}
+    for r in rows:
+        assert {k: r[k] for k in table1[r["approach"]]} == table1[r["approach"]]
+    runs = paper_a.collect([tmp_path / "sw"])
+    sixteen = [x for x in runs if "=16__" in x["dir"].name][::-1]      # reversed: order must not matter
+    alone_rows = {r["approach"]: r for r in paper_a.table1(sixteen)}
+    assert len(alone_rows) == 1
+    for name, r in alone_rows.items():
+        assert (r["auc_lo"], r["auc_hi"]) == (table1[name]["auc_lo"], table1[name]["auc_hi"])
     # one patch size only: no Table 2
     one = tmp_path / "one"
     (one / "points").mkdir(parents=True)

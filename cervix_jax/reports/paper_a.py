@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -99,6 +100,12 @@ def run_bootstrap_interval(values, *, rng: np.random.Generator, n_boot: int = 20
     return tuple(float(q) for q in np.percentile(means, [2.5, 97.5]))
 
 
+def row_rng(seed: int, name: str) -> np.random.Generator:
+    """The bootstrap generator of one table row: seeded by `seed` and the row's name (CRC-32 of its
+    UTF-8 bytes, stable across processes, unlike Python's salted `hash`)."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
 def groups_of(config: dict) -> dict[int, int]:
     """Example id -> woman (group) of a run's data (config.json's `data`), for the runs x women interval."""
     import ml_collections as mlc
@@ -144,19 +151,21 @@ def runs_women_interval(runs: list[dict], group_lookup, *, seed: int = 0, n_boot
 def table1(runs: list[dict], seed: int = 0, group_lookup=None) -> list[dict]:
     """One row per approach: mean/sd of METRICS over runs (test at the val threshold), AUC intervals:
     resampling runs (`auc_lo`/`auc_hi`) and, with group_lookup(config) -> {id: woman}, runs and women
-    (`auc_rw_lo`/`auc_rw_hi`; nan without it)."""
-    rng = np.random.default_rng(seed)
+    (`auc_rw_lo`/`auc_rw_hi`; nan without it). Each row draws from its own generator, seeded by `seed`
+    and the approach's name, so a row's intervals do not depend on which other approaches are in the
+    table or of their order (Table 2's rows equal the same approaches' Table 1 rows)."""
     groups: dict[str, list[dict]] = {}
     for r in runs:
         groups.setdefault(r["approach"], []).append(r)
     rows = []
     for name, rs in groups.items():
+        rs = sorted(rs, key=lambda r: str(r.get("dir", "")))     # the row is independent of run order
         row = {"approach": name, "annotation": "yes" if rs[0]["annotation"] else "no", "runs": len(rs)}
         for m in METRICS:
             v = np.array([r["metrics"]["test"]["at_val_threshold"][m] for r in rs], np.float64)
             row[m], row[m + "_sd"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
         row["auc_lo"], row["auc_hi"] = run_bootstrap_interval(
-            [r["metrics"]["test"]["at_val_threshold"]["auc"] for r in rs], rng=rng)
+            [r["metrics"]["test"]["at_val_threshold"]["auc"] for r in rs], rng=row_rng(seed, name))
         row["auc_rw_lo"], row["auc_rw_hi"] = (
             runs_women_interval(rs, group_lookup, seed=seed) if group_lookup else (float("nan"),) * 2)
         rows.append(row)
