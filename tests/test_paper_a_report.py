@@ -268,6 +268,56 @@ def test_annotation_differences_pair_runs_by_seed_and_split(tmp_path, rng):
                            group_lookup=lambda c: {i: i // 3 for i in range(30)})
 
 
+def _same_women(point, reference):
+    """Rewrites point's test scores to reference's labels (the same women), its rows shuffled."""
+    a = np.genfromtxt(reference / "eval" / "scores_test.csv", delimiter=",", names=True)
+    b = np.genfromtxt(point / "eval" / "scores_test.csv", delimiter=",", names=True)
+    perm = np.random.default_rng(int(a["score"][0] * 1e6)).permutation(len(b))
+    (point / "eval" / "scores_test.csv").write_text("id,label,score\n" + "".join(
+        f"{int(b['id'][k])},{int(a['label'][k])},{b['score'][k]:.8g}\n" for k in perm))
+
+
+def test_patch_differences_pair_each_patch_approach_with_each_whole_image_baseline(tmp_path, rng):
+    """Patch model − whole-image baseline: one row per (patch approach, annotation-free baseline), run pairs
+    by (seed, split) only (a run without its partner is left out), per-pair AUC differences against
+    scikit-learn; annotation-using baselines are never a reference; written to table1_differences.md."""
+    archs = {"lenet": {"name": "baseline", "arch": "lenet", "crop": "none", "freeze_blocks": 0},
+             "vgg16": {"name": "baseline", "arch": "vgg16", "crop": "none", "freeze_blocks": 0},
+             "box": {"name": "baseline", "arch": "lenet", "crop": "box", "box_source": "oracle",
+                     "freeze_blocks": 0}}
+    patch = {"name": "patch", "regulator": "iterative", "spatial_reduction": "sum", "patch_size": 8}
+    for name, model, seeds in [*[(k, m, range(3)) for k, m in archs.items()], ("patch", patch, range(4))]:
+        for s in seeds:
+            _point(tmp_path / name, f"seed={s}", model, rng, 0.7)
+            d = tmp_path / name / "points" / f"seed={s}"
+            cfg = json.loads((d / "config.json").read_text())
+            (d / "config.json").write_text(json.dumps({**cfg, "seed": s, "data": {"split_seed": s}}))
+            if name != "lenet" and s < 3:
+                _same_women(d, tmp_path / "lenet" / "points" / f"seed={s}")
+    kw = dict(lookup=lambda c: {"cin_grade": {}, "visit": {}},
+              group_lookup=lambda c: {i: i // 3 for i in range(30)})
+    result = paper_a.write_many(tmp_path / "out", [tmp_path / n for n in (*archs, "patch")], **kw)
+    diffs = result["patch_differences"]
+    patch_name = "Patch model (iterative regulator, Eqn. 5 sum, 8 px patches)"
+    assert [(d["approach"], d["reference"], d["runs"]) for d in diffs] == [
+        (patch_name, "LeNet (Vasudha'18)", 3), (patch_name, "VGG16", 3)]
+    for d, arch in zip(diffs, ("lenet", "vgg16")):
+        ref = []
+        for s in range(3):
+            a = np.genfromtxt(tmp_path / "patch" / "points" / f"seed={s}" / "eval" / "scores_test.csv",
+                              delimiter=",", names=True)
+            b = np.genfromtxt(tmp_path / arch / "points" / f"seed={s}" / "eval" / "scores_test.csv",
+                              delimiter=",", names=True)
+            ref.append(skm.roc_auc_score(a["label"], a["score"]) - skm.roc_auc_score(b["label"], b["score"]))
+        np.testing.assert_allclose(d["per_run"], ref, rtol=1e-12, atol=1e-12)
+        assert d["low"] <= d["estimate"] <= d["high"]
+    text = (tmp_path / "out" / "table1_differences.md").read_text()
+    assert "| patch-model approach | − whole-image baseline |" in text and text.count(patch_name) == 2
+    assert "| annotation-using approach |" in text         # the box crop's own comparison is kept
+    none = {"model": dict(patch, regulator="none", spatial_reduction="mean")}
+    assert paper_a.approach(none) == ("Patch model (no regulator, Eqn. 5 mean, 8 px patches)", False, "")
+
+
 def test_table2_one_row_per_patch_size_against_numpy(tmp_path, rng):
     """Table 2: the patch-model runs grouped by patch size (grid from data.pad_to), each row's means and sd
     over its runs against NumPy, sorted by patch size; baselines stay out; one patch size gives no table."""
@@ -284,7 +334,7 @@ def test_table2_one_row_per_patch_size_against_numpy(tmp_path, rng):
     _point(tmp_path / "sw", "baseline", {"name": "baseline", "arch": "lenet", "crop": "none",
                                          "freeze_blocks": 0}, rng, 0.7)
     path = tmp_path / "sw" / "points" / "baseline" / "config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "data": {"split_seed": 0}}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "data": {"split_seed": 7}}))  # no partner
     kw = dict(lookup=lambda c: {"cin_grade": {}, "visit": {}},
               group_lookup=lambda c: {i: i // 3 for i in range(30)})
     result = paper_a.write_many(tmp_path / "out", [tmp_path / "sw"], **kw)

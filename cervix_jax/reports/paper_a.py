@@ -10,6 +10,10 @@ validation), and writes into OUT_DIR:
 - `table1.md` / `table1.csv`: accuracy, F1, precision, recall, AUC, 1-EER on test at the
   validation-chosen threshold, mean ± sd over runs, a 95% interval of the mean AUC by resampling
   runs, and the annotation column (yes for Crop-k and the box crop);
+- `table1_differences.md` (with the runs' women known): paired test AUC differences over run pairs
+  that share init seed and split (so the same test women), with 95% intervals resampling run pairs and
+  women: each annotation-using baseline minus the same network on the whole image, and each patch-model
+  approach minus each annotation-free whole-image baseline;
 - `fig4a_metrics.png`: every metric divided by its best approach (the normalised comparison);
 - `fig4b_roc.png`: ROC curves of the annotation-free approaches on one plot (vertical average over
   runs);
@@ -46,7 +50,9 @@ def approach(config: dict) -> tuple[str, bool, str]:
     if m["name"] == "patch":
         reduction = f", Eqn. 5 {m['spatial_reduction']}" if "spatial_reduction" in m else ""
         size = f", {m['patch_size']} px patches" if "patch_size" in m else ""
-        return f"Patch model ({m.get('regulator', 'iterative')} regulator{reduction}{size})", False, ""
+        regulator = m.get("regulator", "iterative")
+        regulator = "no regulator" if regulator == "none" else f"{regulator} regulator"
+        return f"Patch model ({regulator}{reduction}{size})", False, ""
     if m["name"] != "baseline":
         return m["name"], False, ""
     arch = ARCH_NAMES.get(m["arch"], m["arch"])
@@ -172,48 +178,83 @@ def table1(runs: list[dict], seed: int = 0, group_lookup=None) -> list[dict]:
     return sorted(rows, key=lambda r: (r["annotation"], -r["auc"]))
 
 
-def annotation_differences(runs: list[dict], group_lookup, *, seed: int = 0,
-                           n_boot: int = 2000) -> list[dict]:
-    """Each annotation-using baseline (Crop-k, the box crop) against the same network on the whole
-    image: test AUC difference per run pair (same init seed and split, so the same test women), and
-    its 95% interval resampling run pairs and, inside each, the women (paired). One dict per
-    comparison: approach, reference, runs, estimate, low, high, per_run."""
+def paired_difference(runs_a: dict, runs_b: dict, group_lookup, *, seed: int = 0,
+                      n_boot: int = 2000) -> Optional[dict]:
+    """Test AUC of approach A minus approach B over their run pairs: `runs_a` / `runs_b` map (init seed,
+    split seed) -> run, and a pair shares both, so the same test women. The 95% interval resamples run
+    pairs and, inside each, the women (paired; `metrics.hierarchical_bootstrap_ci`). None when no pair
+    exists. Returns {runs, estimate, low, high, per_run}; refuses pairs whose test images or labels
+    differ."""
     from cervix_jax import metrics as M
+    common = sorted(set(runs_a) & set(runs_b), key=str)
+    if not common:
+        return None
+    tuples = []
+    for key in common:
+        ra, rb = runs_a[key], runs_b[key]
+        a, b = ra["scores"]["test"], rb["scores"]["test"]
+        ids = np.asarray(a["id"])
+        if sorted(ids.tolist()) != sorted(np.asarray(b["id"]).tolist()):
+            raise ValueError(f"{ra['dir']} and {rb['dir']}: the paired runs have different test images")
+        pos_b = {int(i): k for k, i in enumerate(np.asarray(b["id"]).tolist())}
+        order = np.array([pos_b[int(i)] for i in ids])
+        if not np.array_equal(np.asarray(a["label"]), np.asarray(b["label"])[order]):
+            raise ValueError(f"{ra['dir']} and {rb['dir']}: the paired runs label the same test images "
+                             f"differently")
+        tuples.append((np.asarray(a["score"], np.float64), np.asarray(b["score"], np.float64)[order],
+                       np.asarray(a["label"]), test_groups(ra, ids, group_lookup)))
+    ci = M.hierarchical_bootstrap_ci(M.auc, tuples, n_boot=n_boot, seed=seed)
+    return {"runs": len(common), "estimate": ci["estimate"], "low": ci["low"], "high": ci["high"],
+            "per_run": [float(v) for v in ci["per_run"]]}
+
+
+def runs_by_pair(runs: list[dict]) -> dict[str, dict[tuple, dict]]:
+    """approach -> {(init seed, split seed): run}."""
     by: dict[str, dict[tuple, dict]] = {}
     for r in runs:
         key = (r["config"].get("seed"), r["config"].get("data", {}).get("split_seed"))
         by.setdefault(r["approach"], {})[key] = r
+    return by
+
+
+def annotation_differences(runs: list[dict], group_lookup, *, seed: int = 0,
+                           n_boot: int = 2000) -> list[dict]:
+    """Each annotation-using baseline (Crop-k, the box crop) against the same network on the whole
+    image (`paired_difference`). One dict per comparison: approach, reference, runs, estimate, low, high,
+    per_run."""
+    by = runs_by_pair(runs)
     out = []
     for name, rs in by.items():
         first = next(iter(rs.values()))
         if not first["annotation"] or first["config"]["model"]["name"] != "baseline":
             continue
         ref_name = approach({**first["config"], "model": {**first["config"]["model"], "crop": "none"}})[0]
-        common = sorted(set(rs) & set(by.get(ref_name, {})), key=str)
-        if not common:
-            continue
-        tuples = []
-        for key in common:
-            a, b = rs[key]["scores"]["test"], by[ref_name][key]["scores"]["test"]
-            ids = np.asarray(a["id"])
-            if sorted(ids.tolist()) != sorted(np.asarray(b["id"]).tolist()):
-                raise ValueError(f"{rs[key]['dir']} and {by[ref_name][key]['dir']}: the paired runs "
-                                 f"have different test images")
-            pos_b = {int(i): k for k, i in enumerate(np.asarray(b["id"]).tolist())}
-            order = np.array([pos_b[int(i)] for i in ids])
-            if not np.array_equal(np.asarray(a["label"]), np.asarray(b["label"])[order]):
-                raise ValueError(f"{rs[key]['dir']} and {by[ref_name][key]['dir']}: the paired runs "
-                                 f"label the same test images differently")
-            tuples.append((np.asarray(a["score"], np.float64), np.asarray(b["score"], np.float64)[order],
-                           np.asarray(a["label"]), test_groups(rs[key], ids, group_lookup)))
-        ci = M.hierarchical_bootstrap_ci(M.auc, tuples, n_boot=n_boot, seed=seed)
-        out.append({"approach": name, "reference": ref_name, "runs": len(common), "estimate": ci["estimate"],
-                    "low": ci["low"], "high": ci["high"], "per_run": [float(v) for v in ci["per_run"]]})
+        d = paired_difference(rs, by.get(ref_name, {}), group_lookup, seed=seed, n_boot=n_boot)
+        if d is not None:
+            out.append({"approach": name, "reference": ref_name, **d})
     return out
 
 
-def differences_markdown(diffs: list[dict]) -> str:
-    head = ("| annotation-using approach | − whole image | run pairs | test AUC difference "
+def patch_differences(runs: list[dict], group_lookup, *, seed: int = 0, n_boot: int = 2000) -> list[dict]:
+    """Each patch-model approach against each annotation-free whole-image baseline (paper A's claim that
+    the patch model beats them), over the run pairs they share (`paired_difference`); same dicts as
+    `annotation_differences`, sorted by patch approach then reference."""
+    by = runs_by_pair(runs)
+    kind = {name: next(iter(rs.values())) for name, rs in by.items()}
+    patch = sorted(n for n, r in kind.items() if r["config"]["model"]["name"] == "patch")
+    free = sorted(n for n, r in kind.items()
+                  if r["config"]["model"]["name"] == "baseline" and not r["annotation"])
+    out = []
+    for name in patch:
+        for ref in free:
+            d = paired_difference(by[name], by[ref], group_lookup, seed=seed, n_boot=n_boot)
+            if d is not None:
+                out.append({"approach": name, "reference": ref, **d})
+    return out
+
+
+def differences_markdown(diffs: list[dict], columns=("annotation-using approach", "− whole image")) -> str:
+    head = (f"| {columns[0]} | {columns[1]} | run pairs | test AUC difference "
             "| 95% (runs x women) | per run |\n|---|---|---|---|---|---|\n")
     return head + "\n".join(
         f"| {d['approach']} | {d['reference']} | {d['runs']} | {d['estimate']:+.3f} | "
@@ -582,8 +623,13 @@ def write_many(out_dir, workdirs, *, tsne: bool = False, lookup=image_keys, grou
         (out / "table2.md").write_text(table2_markdown(rows2))
         written += ["table2.md", write_table2_figure(runs, rows2, out)]
     diffs = annotation_differences(runs, group_lookup) if group_lookup else []
-    if diffs:
-        (out / "table1_differences.md").write_text(differences_markdown(diffs))
+    patch_diffs = patch_differences(runs, group_lookup) if group_lookup else []
+    if diffs or patch_diffs:
+        text = differences_markdown(diffs) if diffs else ""
+        if patch_diffs:
+            text += ("\n" if text else "") + differences_markdown(
+                patch_diffs, ("patch-model approach", "− whole-image baseline"))
+        (out / "table1_differences.md").write_text(text)
         written.append("table1_differences.md")
     if has_data:
         try:
@@ -595,6 +641,7 @@ def write_many(out_dir, workdirs, *, tsne: bool = False, lookup=image_keys, grou
     if tsne:
         written.append(write_tsne(runs, out))
     return {"out": str(out), "written": written, "rows": rows, "table2": rows2, "differences": diffs,
+            "patch_differences": patch_diffs,
             "notes": notes}
 
 
@@ -610,6 +657,9 @@ def main(argv=None) -> dict:
         print(table2_markdown(result["table2"]))
     if result["differences"]:
         print(differences_markdown(result["differences"]))
+    if result["patch_differences"]:
+        print(differences_markdown(result["patch_differences"],
+                                   ("patch-model approach", "− whole-image baseline")))
     for note in result["notes"]:
         print(note)
     return result
