@@ -58,7 +58,11 @@ def test_early_stopping_keeps_best_and_scores_every_example_once(tmp_path):
         assert scored["label"][k] == example["label"]
 
 
-def test_sweep_runs_points_resumes_and_summarizes(tmp_path):
+def test_sweep_runs_points_resumes_and_summarizes(tmp_path, monkeypatch):
+    import jax
+    cleared = []
+    real_clear = jax.clear_caches
+    monkeypatch.setattr(jax, "clear_caches", lambda: (cleared.append(1), real_clear())[1])
     c = tiny_config(epochs=1)
     c.sweep.grid = (("model.width", (2, 4)), ("seed", (0, 1)))
     points = grid_points(c)
@@ -66,6 +70,7 @@ def test_sweep_runs_points_resumes_and_summarizes(tmp_path):
     identity.record(c, tmp_path, mode="sweep")   # the root config.json, as `launch.py sweep` writes it
     out = sweep(c, tmp_path)
     assert out["status"] == "finished"
+    assert len(cleared) == 4             # JAX's caches cleared after every point (memory maps, see sweep.py)
     reports.write(c, tmp_path)   # the summary, as `launch.py sweep` runs it at the end
     files = {point_name(p): tmp_path / "points" / point_name(p) / "eval" / "metrics.json" for p in points}
     mtimes = {k: f.stat().st_mtime_ns for k, f in files.items()}

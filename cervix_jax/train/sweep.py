@@ -11,6 +11,7 @@ of `config.sweep.reports` (`cervix_jax/reports/`) are run on the result by `laun
 from __future__ import annotations
 
 import copy
+import gc
 import importlib
 import itertools
 from pathlib import Path
@@ -64,7 +65,14 @@ def register_trainer(name: str, target: str) -> None:
 
 
 def train_points_with_loop(config, points: list, workdir) -> list:
-    """One `loop.train` + `evaluate` per point; returns the points left when a run is interrupted."""
+    """One `loop.train` + `evaluate` per point; returns the points left when a run is interrupted.
+
+    JAX's caches are cleared after each point: XLA:CPU maps every compiled executable into memory, a
+    point's executables are not reused by the next (new closures), and keeping them all exhausted
+    Linux's default 65,530 memory maps after ~40 points of `configs/baselines.py:table1_crop,cpu` (the
+    process died with "LLVM compilation error: Cannot allocate memory" while 23 GB were free)."""
+    import jax
+
     from cervix_jax.train import identity
     from cervix_jax.train.evaluate import evaluate
     from cervix_jax.train.loop import train
@@ -77,6 +85,8 @@ def train_points_with_loop(config, points: list, workdir) -> list:
         if train(pc, pdir)["status"] == "interrupted":
             return list(points[i:])
         evaluate(pc, pdir, out_dir=pdir / rundir.EVAL_DIR)   # the sweep owns its points' eval/
+        jax.clear_caches()
+        gc.collect()
     return []
 
 
