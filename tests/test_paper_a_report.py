@@ -356,6 +356,7 @@ def test_table2_one_row_per_patch_size_against_numpy(tmp_path, rng):
     table1 = {r["approach"]: r for r in result["rows"]}
     for r in rows:
         assert {k: r[k] for k in table1[r["approach"]]} == table1[r["approach"]]
+    assert all("patch_px" not in r for r in result["rows"])     # Table 1's rows are not altered
     runs = paper_a.collect([tmp_path / "sw"])
     sixteen = [x for x in runs if "=16__" in x["dir"].name][::-1]      # reversed: order must not matter
     alone_rows = {r["approach"]: r for r in paper_a.table1(sixteen)}

@@ -253,7 +253,11 @@ def patch_differences(runs: list[dict], group_lookup, *, seed: int = 0, n_boot: 
     return out
 
 
-def differences_markdown(diffs: list[dict], columns=("annotation-using approach", "− whole image")) -> str:
+ANNOTATION_COLUMNS = ("annotation-using approach", "− whole image")
+PATCH_COLUMNS = ("patch-model approach", "− whole-image baseline")
+
+
+def differences_markdown(diffs: list[dict], columns=ANNOTATION_COLUMNS) -> str:
     head = (f"| {columns[0]} | {columns[1]} | run pairs | test AUC difference "
             "| 95% (runs x women) | per run |\n|---|---|---|---|---|---|\n")
     return head + "\n".join(
@@ -288,21 +292,24 @@ def patch_grid(config: dict) -> tuple[int, int, int]:
     return p, h // p, w // p
 
 
-def table2(runs: list[dict], seed: int = 0, group_lookup=None) -> list[dict]:
-    """Paper A's Table 2: Table 1's row (`table1`) for each patch size of the patch-model runs, plus
-    `patch_px`, `grid` ("rows x cols") and `image` ("H x W"), sorted by patch size. [] unless the runs hold
-    at least two patch sizes (a point's config needs `model.patch_size` and `data.pad_to`)."""
+def table2(runs: list[dict], rows: list[dict]) -> list[dict]:
+    """Paper A's Table 2: the Table 1 row (`rows`, from `table1` on the same runs) of each patch size of the
+    patch-model runs, plus `patch_px`, `grid` ("rows x cols") and `image` ("H x W"), sorted by patch size
+    (new dicts: `rows` is left as it is). [] unless the runs hold at least two patch sizes (a point's
+    config needs `model.patch_size` and `data.pad_to`)."""
     patch_runs = [r for r in runs if r["config"]["model"]["name"] == "patch"
                   and "patch_size" in r["config"]["model"] and "pad_to" in r["config"].get("data", {})]
     if len({patch_grid(r["config"])[0] for r in patch_runs}) < 2:
         return []
-    rows = table1(patch_runs, seed=seed, group_lookup=group_lookup)
+    config_of = {r["approach"]: r["config"] for r in patch_runs}
+    out = []
     for row in rows:
-        config = next(r["config"] for r in patch_runs if r["approach"] == row["approach"])
-        p, gh, gw = patch_grid(config)
-        h, w = config["data"]["pad_to"]
-        row.update(patch_px=p, grid=f"{gh} x {gw}", image=f"{h} x {w}")
-    return sorted(rows, key=lambda r: (r["patch_px"], r["approach"]))
+        if row["approach"] in config_of:
+            config = config_of[row["approach"]]
+            p, gh, gw = patch_grid(config)
+            h, w = config["data"]["pad_to"]
+            out.append(dict(row, patch_px=p, grid=f"{gh} x {gw}", image=f"{h} x {w}"))
+    return sorted(out, key=lambda r: (r["patch_px"], r["approach"]))
 
 
 def table2_markdown(rows: list[dict]) -> str:
@@ -618,7 +625,7 @@ def write_many(out_dir, workdirs, *, tsne: bool = False, lookup=image_keys, grou
         w.writeheader()
         w.writerows(rows)
     written = ["table1.md", "table1.csv"] + write_figures(runs, rows, out)
-    rows2 = table2(runs, group_lookup=group_lookup)
+    rows2 = table2(runs, rows)
     if rows2:
         (out / "table2.md").write_text(table2_markdown(rows2))
         written += ["table2.md", write_table2_figure(runs, rows2, out)]
@@ -627,8 +634,7 @@ def write_many(out_dir, workdirs, *, tsne: bool = False, lookup=image_keys, grou
     if diffs or patch_diffs:
         text = differences_markdown(diffs) if diffs else ""
         if patch_diffs:
-            text += ("\n" if text else "") + differences_markdown(
-                patch_diffs, ("patch-model approach", "− whole-image baseline"))
+            text += ("\n" if text else "") + differences_markdown(patch_diffs, PATCH_COLUMNS)
         (out / "table1_differences.md").write_text(text)
         written.append("table1_differences.md")
     if has_data:
@@ -658,8 +664,7 @@ def main(argv=None) -> dict:
     if result["differences"]:
         print(differences_markdown(result["differences"]))
     if result["patch_differences"]:
-        print(differences_markdown(result["patch_differences"],
-                                   ("patch-model approach", "− whole-image baseline")))
+        print(differences_markdown(result["patch_differences"], PATCH_COLUMNS))
     for note in result["notes"]:
         print(note)
     return result
