@@ -105,6 +105,9 @@ def _write_mode(mode: str, config, workdir: Path) -> dict:
         return out
     out["eval"] = evaluate(config, workdir)
     out["explain_dir"] = str(explain_split(config, workdir))
+    if config.model.name == "patch":   # paper A: weights on the cervix, regulator movement (eval/)
+        from cervix_jax.reports.patch_run import write as patch_summary
+        out["patch_weights"] = {k: v for k, v in patch_summary(config, workdir).items() if k != "per_image"}
     return out
 
 

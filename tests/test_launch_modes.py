@@ -130,6 +130,43 @@ def test_patch_demo_trains_evaluates_explains_and_ends_with_a_table(patch_run, d
     assert (wd / "regulator_evolution.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_patch_demo_measures_weights_on_the_cervix_and_the_regulator(patch_run, data_dir):
+    """eval/patch_weights.json against NumPy on the run's own images: the cervix's area share, the weight
+    mass on it from the best checkpoint's weights, the start error from the grid centre; the table's line."""
+    import ml_collections as mlc
+
+    from cervix_jax.train import rundir
+    from cervix_jax.train.checkpoint import restore
+    from cervix_jax.train.data import local_data
+    wd, p = patch_run
+    s = strict_json(wd / "eval" / "patch_weights.json")
+    per = s["per_image"]
+    config = mlc.ConfigDict(rundir.read_config(wd))
+    data = local_data(config)
+    test, train = data.examples("test", 10 ** 9), data.examples("train", 10 ** 9)
+    assert s["n_test"] == len(test) == len(read_scores(wd / "eval" / "scores_test.csv"))
+    assert s["n_train"] == len(train) and s["regulator"] == "iterative"
+    patch = config.model.patch_size
+    masks = np.stack([e["cervix_mask"] > 0 for e in test]).astype(np.float64)
+    n, h, w = masks.shape
+    share = masks.reshape(n, h // patch, patch, w // patch, patch).mean((2, 4))
+    np.testing.assert_allclose(per["area_share"], masks.mean((1, 2)), rtol=1e-9)
+    run = restore(config, wd, data, which="best")
+    a = np.asarray(run.task.forward(run.state.params, np.stack([e["image"] for e in test]))[1], np.float64)
+    np.testing.assert_allclose(per["mass_cervix"], (a * share).sum((1, 2)) / a.sum((1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(s["mass_cervix"], np.mean(per["mass_cervix"]), rtol=1e-9)
+    np.testing.assert_allclose(s["mass_over_area"], s["mass_cervix"] / s["area_share"], rtol=1e-9)
+    gh, gw = h // patch, w // patch
+    start = np.array([(gw - 1) / 2, (gh - 1) / 2])
+    for e, err in zip(train, per["init_err"]):
+        ys, xs = np.nonzero(e["cervix_mask"])
+        c = np.array([(xs.mean() + 0.5) / patch - 0.5, (ys.mean() + 0.5) / patch - 0.5])
+        np.testing.assert_allclose(err, np.linalg.norm(start - c), rtol=1e-5)
+    # the end error is within the distance moved of the start error (triangle inequality)
+    assert np.all(np.abs(np.subtract(per["reg_err"], per["init_err"])) <= np.add(per["reg_moved"], 1e-5))
+    assert f"weight mass on the cervix {s['mass_cervix']:.3f}" in p.stdout
+
+
 def test_eval_on_a_finished_run_with_test_blur_writes_elsewhere(patch_run, data_dir, env, tmp_path):
     wd, _ = patch_run
     root = snapshot(wd)

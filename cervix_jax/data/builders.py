@@ -141,6 +141,14 @@ class SyntheticCervix(_ArrayRecordBuilder):
             synthetic=synthetic.SyntheticConfig(height=96, width=144, num_images=480, num_positive=240,
                                                 images_per_woman=3, label="dysplasia", seed=5,
                                                 lesion_size=(0.15, 0.25), placement="off_centre")),
+        SyntheticCervixConfig(
+            name="patch_demo", description="Paper A's long demo (configs/demo.py:patch_long): 1,200 images "
+                                           "of 96x144 (HxW), 600 CIN2+; lesion semi-axes 0.2-0.3 of the "
+                                           "cervix's (the generator's largest); label = dysplasia; cervix "
+                                           "off-centre, speculum bars on.",
+            synthetic=synthetic.SyntheticConfig(height=96, width=144, num_images=1200, num_positive=600,
+                                                images_per_woman=3, label="dysplasia", seed=11,
+                                                lesion_size=(0.2, 0.3), placement="off_centre")),
     ]
     DEFAULT_CONFIG_NAME = "tiny"
 

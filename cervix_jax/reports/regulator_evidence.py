@@ -72,6 +72,40 @@ def patch_weights(task, params, images: np.ndarray, batch: int = 32) -> np.ndarr
                            for i in range(0, len(images), batch)])
 
 
+def weights_and_regulator(config, pdir: Path, data, train_ex, test_ex) -> dict:
+    """Per image: the weight mass on the cervix, sum(a * cervix share of the patch) / sum(a), and the
+    cervix's area share of the image, on `test_ex` at the best checkpoint (the explainer's); and, over
+    `train_ex` at the last checkpoint, the regulator centre error |mu - c| at the start ("init_err": the
+    grid centre) and at the end ("reg_err"), the weight-map centre error |fit_gaussian(a).mu - c| and
+    how far the regulator moved (patch units; c = centroid of the visible cervix mask)."""
+    p = int(config.model.patch_size)
+    out = {}
+    run = restore(config, pdir, data, which="best")
+    task, best = run.task, run.state
+    a = patch_weights(task, best.params, np.stack([e["image"] for e in test_ex]))
+    share = patch_share(np.stack([e["cervix_mask"] for e in test_ex]), p)
+    out["mass_cervix"] = ((a * share).sum((1, 2)) / np.maximum(a.sum((1, 2)), 1e-12)).tolist()
+    out["area_share"] = share.mean((1, 2)).tolist()
+    out["best_step"] = int(best.step)
+
+    # Regulator and weight-map centres on ALL training images, at the end of training.
+    run = restore(config, pdir, data, which="last")
+    task, last = run.task, run.state
+    ids = np.array([e["id"] for e in train_ex])
+    centres = mask_centres(np.stack([e["cervix_mask"] for e in train_ex]), p)
+    mu0, _ = regulator.init_regulator(task.grid_for(data.image_shape))
+    mu = (np.broadcast_to(np.asarray(mu0), (len(ids), 2)) if last.example_state is None
+          else np.asarray(last.example_state["mu"])[ids])
+    a = patch_weights(task, last.params, np.stack([e["image"] for e in train_ex]))
+    fit_mu = np.stack([np.asarray(regulator.fit_gaussian(w)[0]) for w in a])
+    out["init_err"] = np.linalg.norm(np.asarray(mu0)[None] - centres, axis=1).tolist()
+    out["reg_err"] = np.linalg.norm(mu - centres, axis=1).tolist()
+    out["weight_err"] = np.linalg.norm(fit_mu - centres, axis=1).tolist()
+    out["last_step"] = int(last.step)
+    out["reg_moved"] = np.linalg.norm(mu - np.asarray(mu0)[None], axis=1).tolist()
+    return out
+
+
 def measure_point(config, pdir: Path, data, train_ex, test_ex, explain: bool) -> dict:
     p = int(config.model.patch_size)
     out_dir = pdir / "explain" / config.explain.split
@@ -90,29 +124,7 @@ def measure_point(config, pdir: Path, data, train_ex, test_ex, explain: bool) ->
     for k in ("pointing_game_cervix", "iou_cervix", "roi_area"):
         out[k] = [np.nan if per_image[i][k] is None else float(per_image[i][k]) for i in out["test_ids"]]
 
-    # Weight mass on the cervix, same (best) checkpoint as the explainer.
-    run = restore(config, pdir, data, which="best")
-    task, best = run.task, run.state
-    a = patch_weights(task, best.params, np.stack([e["image"] for e in test_ex]))
-    share = patch_share(np.stack([e["cervix_mask"] for e in test_ex]), p)
-    out["mass_cervix"] = ((a * share).sum((1, 2)) / np.maximum(a.sum((1, 2)), 1e-12)).tolist()
-    out["best_step"] = int(best.step)
-
-    # Regulator and weight-map centres on ALL training images, at the end of training.
-    run = restore(config, pdir, data, which="last")
-    task, last = run.task, run.state
-    ids = np.array([e["id"] for e in train_ex])
-    centres = mask_centres(np.stack([e["cervix_mask"] for e in train_ex]), p)
-    mu0, _ = regulator.init_regulator(task.grid_for(data.image_shape))
-    mu = (np.broadcast_to(np.asarray(mu0), (len(ids), 2)) if last.example_state is None
-          else np.asarray(last.example_state["mu"])[ids])
-    a = patch_weights(task, last.params, np.stack([e["image"] for e in train_ex]))
-    fit_mu = np.stack([np.asarray(regulator.fit_gaussian(w)[0]) for w in a])
-    out["init_err"] = np.linalg.norm(np.asarray(mu0)[None] - centres, axis=1).tolist()
-    out["reg_err"] = np.linalg.norm(mu - centres, axis=1).tolist()
-    out["weight_err"] = np.linalg.norm(fit_mu - centres, axis=1).tolist()
-    out["last_step"] = int(last.step)
-    out["reg_moved"] = np.linalg.norm(mu - np.asarray(mu0)[None], axis=1).tolist()
+    out.update(weights_and_regulator(config, pdir, data, train_ex, test_ex))
 
     # Classification (test, val-chosen threshold; AUC does not depend on the threshold).
     m = rundir.read_eval(pdir)["test"]["at_val_threshold"]

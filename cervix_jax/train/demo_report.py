@@ -1,6 +1,8 @@
 """The short table `launch.py demo` (and so `make demo`) ends with: per run, the model, its test AUC
 and accuracy at the validation-chosen threshold, for a detector (stage 1 of paper B) the AP50 of the
-cervix box on the test split, and where the figures are.
+cervix box on the test split, and where the figures are; for paper A's patch model a line more: its
+weight mass on the cervix against the cervix's area share and how far its regulator moved
+(eval/patch_weights.json, `reports.patch_run`).
 
     python -m cervix_jax.train.demo_report runs/demo_stage1 runs/demo runs/demo_patch
 """
@@ -9,6 +11,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from cervix_jax.train import rundir
+
+
+def patch_line(summary: dict) -> str:
+    """Paper A's patch weights and regulator, one line (`reports.patch_run.summarize`'s result)."""
+    return (f"weight mass on the cervix {summary['mass_cervix']:.3f} vs its area share "
+            f"{summary['area_share']:.3f} ({summary['mass_over_area']:.2f}x; test); {summary['regulator']} "
+            f"regulator centre error {summary['init_err']:.2f} -> {summary['reg_err']:.2f} patches (train)")
 
 
 def _number(x) -> str:
@@ -33,7 +44,8 @@ def rows(workdirs) -> list[dict]:
     out = []
     for wd in map(Path, workdirs):
         row = {"workdir": str(wd), "model": "?", "test_auc": None, "test_accuracy": None, "n_test": None,
-               "box_ap50": None, "figures": [str(wd / "eval"), str(wd / "explain")]}
+               "box_ap50": None, "figures": [str(wd / "eval"), str(wd / "explain")],
+               "patch_weights": rundir.read_patch_weights(wd)}
         config = wd / "config.json"
         if config.exists():
             row["model"] = _model_name(json.loads(config.read_text()))
@@ -51,12 +63,14 @@ def rows(workdirs) -> list[dict]:
 def table(workdirs) -> str:
     """A plain-text table of `rows(workdirs)`, ready to print."""
     header = ("model", "test AUC", "test accuracy", "n test", "box AP50", "figures")
+    table_rows = rows(workdirs)
     body = [(r["model"], _number(r["test_auc"]), _number(r["test_accuracy"]), str(r["n_test"] or "-"),
              "-" if r["box_ap50"] is None else _number(r["box_ap50"]),
-             f"{r['figures'][0]}/  {r['figures'][1]}/") for r in rows(workdirs)]
+             f"{r['figures'][0]}/  {r['figures'][1]}/") for r in table_rows]
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body]) + \
+    notes = [f"{r['workdir']}: {patch_line(r['patch_weights'])}" for r in table_rows if r["patch_weights"]]
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body] + notes) + \
         "\n(accuracy at the threshold chosen on validation; box AP50: the detector's COCO AP at IoU 0.5 of " \
         "the cervix box, test split; review the heatmaps with `python launch.py review --workdir DIR`)"
 

@@ -9,6 +9,7 @@
     regulator_history.npz    paper A's tracked regulators     write_ / read_regulator_history
     eval/metrics.json        metrics at 0.5 and at the val-chosen threshold   write_eval / read_eval
     eval/scores_<split>.csv  id,label,score per example       write_eval / read_scores
+    eval/patch_weights.json  paper A's weights on the cervix, regulator movement   write_ / read_patch_weights
 
 Every JSON file is strict JSON (`strict_dumps`): a non-finite number is written as `null`, never as
 a `NaN`/`Infinity` token that JSON readers reject. `checkpoints/` belongs to `train/checkpoint.py`,
@@ -37,6 +38,7 @@ HEAD = "head.npz"
 REGULATOR_HISTORY = "regulator_history.npz"
 EVAL_DIR = "eval"
 EVAL = "eval/metrics.json"
+PATCH_WEIGHTS = "eval/patch_weights.json"
 SPLITS = ("val", "test")
 
 
@@ -192,6 +194,17 @@ def write_eval(workdir, result: dict, scored: dict, out_dir=None) -> None:
 
 def eval_done(workdir) -> bool:
     return (Path(workdir) / EVAL).exists()
+
+
+def write_patch_weights(workdir, summary: dict) -> None:
+    """eval/patch_weights.json (`reports.patch_run.summarize`'s result), atomically."""
+    _write_atomic(Path(workdir) / PATCH_WEIGHTS, strict_dumps(summary, indent=2))
+
+
+def read_patch_weights(workdir):
+    """eval/patch_weights.json as a dict, or None when the run has none (not a patch model, or older)."""
+    path = Path(workdir) / PATCH_WEIGHTS
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def read_eval(workdir) -> dict:
