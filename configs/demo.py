@@ -24,6 +24,8 @@ learns within the demo's budget (docs/results/paper_a.md, "The demo's patch mode
 were tried). `:patch_long` is the run in which it does learn: 1,200 images of 96x144
 (`synthetic_cervix/patch_demo`, the v2 generator with its largest lesions, cervix off-centre), 2,880
 steps; test AUC 0.955 / 0.960 (seeds 0 / 1), but its patch weights stay flat and its regulator does not move.
+With `--config.model.reg_lambda=0.0` (the regulator refit but out of the loss) its weights gather on the
+lesion and the regulator moves onto the cervix (docs/results/paper_a.md, fifth round).
 """
 from cervix_jax.train.config import base_config
 
