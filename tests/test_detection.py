@@ -287,7 +287,10 @@ def test_coco_ap_equals_pycocotools(rng):
             d = random_boxes(rng, k, (300, 300), min_size=0.1)
             if m:                                        # some near-hits
                 j = rng.integers(0, m, k // 2)
-                d[: k // 2] = g[j] + rng.normal(0, 6, (k // 2, 4))
+                near = g[j] + rng.normal(0, 6, (k // 2, 4))
+                # valid boxes only (x1 < x2, y1 < y2): pycocotools ignores an unmatched box of negative area
+                d[: k // 2] = np.concatenate([np.minimum(near[:, :2], near[:, 2:]),
+                                              np.maximum(near[:, :2], near[:, 2:]) + 1], axis=1)
             scores = rng.uniform(size=k)
             if trial == 2:
                 scores = np.round(scores, 1)             # ties

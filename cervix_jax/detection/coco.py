@@ -5,7 +5,8 @@ detections per image and class (highest scores first), IoU thresholds 0.50:0.05:
 sampled at 101 recall points after the monotone envelope, averaged over thresholds and over the classes
 that have ground truth. Ties in score keep the input order (pycocotools' mergesort), first within an
 image, then across images in image order. Boxes are (x1, y1, x2, y2); IoU is computed from (x, y, w, h)
-like pycocotools' `bbIou`.
+like pycocotools' `bbIou`, and must be valid (x1 < x2, y1 < y2): pycocotools ignores an unmatched
+detection of negative area, which this module does not replicate.
 """
 from __future__ import annotations
 
