@@ -8,10 +8,10 @@ Every finished point of the sweep (`points/*/eval/metrics.json`) is one run of o
 ("<regulator>/<spatial_reduction>"); runs of different arms with the same (seed, split) are paired: they
 were scored on the same test women. Per point, `regulator_evidence.measure_point` gives the per-image
 map metrics of the patch-weight map (pointing game, IoU with the cervix, above-cut area, weight mass
-on the cervix; it explains the point's test split first if it has not been) and, over every training
+on the cervix and `area_share`, the cervix's share of the image, what a flat map puts on it: the mass's
+reference; it explains the point's test split first if it has not been) and, over every training
 image at the end of training, the regulator's centre error. Added here, per test image:
 
-- `area_share`: the cervix's share of the image (what a flat map puts on it: the mass's reference);
 - `iou_area_matched`: the IoU with the cervix of a centred ellipse of the map's own above-cut area
   (`paper_a.area_matched_centre_region`), and `iou_excess` = IoU - that: the localisation a compact
   centred blob of the same size would not get (the control for "IoU measures map shape").
@@ -68,7 +68,6 @@ def add_controls(measured: dict, cervix_masks: np.ndarray) -> dict:
     matched = [iou(area_matched_centre_region(a, shape), m) if np.isfinite(a) else np.nan
                for a, m in zip(measured["roi_area"], cervix_masks)]
     out = dict(measured)
-    out["area_share"] = (cervix_masks > 0).mean((1, 2)).tolist()
     out["iou_area_matched"] = [float(v) for v in matched]
     out["iou_excess"] = (np.asarray(measured["iou_cervix"], np.float64) - np.asarray(matched)).tolist()
     return out
