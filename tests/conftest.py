@@ -63,3 +63,15 @@ def pytest_runtest_makereport(item, call):
         for value in seeds:
             report.sections.append(
                 ("random seed", f"random seed: {value} (rerun with {_SEED_ENV}={value})"))
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files holding a `slow`-marked test run first (their order otherwise kept, and each file's tests
+    in their own order): under `make test`'s xdist `--dist loadfile --no-loadscope-reorder` each file is
+    one unit of work handed out in this order, so the long files start at once on both workers instead
+    of one of them starting last and running alone at the end (longest work first)."""
+    def file_of(item):
+        return item.nodeid.split("::", 1)[0]
+
+    slow_files = {file_of(it) for it in items if it.get_closest_marker("slow") is not None}
+    items[:] = sorted(items, key=lambda it: file_of(it) not in slow_files)   # stable: order kept inside
