@@ -304,6 +304,25 @@ def test_coco_ap_equals_pycocotools(rng):
     assert got["AP50"] > 0
 
 
+def test_coco_ap_refuses_an_inverted_box_and_names_it(rng):
+    """An inverted box (x2 < x1 or y2 < y1) is an error naming the entry; a zero-width one is a box."""
+    n = 4
+    gts = [{"boxes": random_boxes(rng, 2, (100, 100), min_size=0.1), "labels": np.ones(2, int)}
+           for _ in range(n)]
+    dets = [{"boxes": random_boxes(rng, 3, (100, 100), min_size=0.1), "scores": rng.uniform(size=3),
+             "labels": np.ones(3, int)} for _ in range(n)]
+    i, j, axis = int(rng.integers(n)), int(rng.integers(3)), int(rng.integers(2))
+    dets[i]["boxes"][j, axis + 2] = dets[i]["boxes"][j, axis]          # zero width or height: accepted
+    det.coco_ap(dets, gts)
+    dets[i]["boxes"][j, axis + 2] = dets[i]["boxes"][j, axis] - 1.0    # inverted
+    with pytest.raises(ValueError, match=rf"detections\[{i}\]\['boxes'\]\[{j}\]"):
+        det.coco_ap(dets, gts)
+    dets[i]["boxes"][j, axis + 2] = dets[i]["boxes"][j, axis] + 1.0
+    gts[i]["boxes"][1, axis + 2] = gts[i]["boxes"][1, axis] - 1.0
+    with pytest.raises(ValueError, match=rf"ground_truth\[{i}\]\['boxes'\]\[1\]"):
+        det.coco_ap(dets, gts)
+
+
 # --- torchvision golden: AnchorGenerator and BoxCoder ---------------------------------------------------
 
 def test_torchvision_anchors_and_decoding_equal_golden():

@@ -5,8 +5,8 @@ detections per image and class (highest scores first), IoU thresholds 0.50:0.05:
 sampled at 101 recall points after the monotone envelope, averaged over thresholds and over the classes
 that have ground truth. Ties in score keep the input order (pycocotools' mergesort), first within an
 image, then across images in image order. Boxes are (x1, y1, x2, y2); IoU is computed from (x, y, w, h)
-like pycocotools' `bbIou`, and must be valid (x1 < x2, y1 < y2): pycocotools ignores an unmatched
-detection of negative area, which this module does not replicate.
+like pycocotools' `bbIou`, and must not be inverted (x1 <= x2, y1 <= y2; `coco_ap` raises otherwise):
+pycocotools silently ignores an unmatched detection of negative area, which this module does not replicate.
 """
 from __future__ import annotations
 
@@ -72,6 +72,13 @@ def coco_ap(detections, ground_truth) -> dict:
     (-1 when no image has a ground-truth box, as pycocotools)."""
     if len(detections) != len(ground_truth):
         raise ValueError(f"coco_ap: {len(detections)} detection entries for {len(ground_truth)} images")
+    for what, entries in (("detections", detections), ("ground_truth", ground_truth)):
+        for i, e in enumerate(entries):
+            b = np.asarray(e["boxes"], np.float64).reshape(-1, 4)
+            bad = (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
+            if bad.any():
+                raise ValueError(f"coco_ap: {what}[{i}]['boxes'][{int(np.argmax(bad))}] = "
+                                 f"{b[bad][0].tolist()}: expected (x1, y1, x2, y2) with x1 <= x2, y1 <= y2")
     gt_labels = [np.asarray(g["labels"]).reshape(-1) for g in ground_truth]
     classes = np.unique(np.concatenate(gt_labels)) if gt_labels else np.zeros(0)
     precision = -np.ones((len(IOU_THRESHOLDS), len(RECALL_POINTS), len(classes)))
