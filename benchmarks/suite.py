@@ -545,48 +545,56 @@ def bench_pyramid_step(cfg, device):
 
 
 def bench_patch_step(cfg, device):
-    """Paper A's train step through the engine (iterative regulator), and the same with it fixed."""
+    """Paper A's train step through the engine (iterative regulator), and the same with it fixed; then
+    the iterative step with the patch CNN's convolutions computed as im2col matmuls vs XLA's
+    convolution (`config.model.conv_impl`; "auto" picks im2col on CPU)."""
     import numpy as np
 
     from cervix_jax.train.task import make_task
     from configs.patch import get_config
 
     side, p = cfg["patch_side"], cfg["patch_size"]
+
+    def one(mode, dtype, conv_impl, label):
+        c = get_config(mode)
+        c.data.pad_to = (side, side)
+        c.data.image_size = side
+        c.model.patch_size = p
+        c.model.dtype = dtype
+        c.model.conv_impl = conv_impl
+        task = make_task(c)
+        step, args = _engine_step(task, c, cfg["patch_batch"], (side, side), np.random.default_rng(0))
+        return timed_row("patch_step", f"paper A train step ({p}-px patches, {label})", step, args,
+                         batch=cfg["patch_batch"], hw=(side, side), dtype=dtype, reps=cfg["reps"],
+                         device=device, donate=(0,))
+
     rows = []
     for dtype in cfg["dtypes"]:
-        got = {}
-        for mode in cfg.get("patch_modes", ("iterative", "fixed")):
-            c = get_config(mode)
-            c.data.pad_to = (side, side)
-            c.data.image_size = side
-            c.model.patch_size = p
-            c.model.dtype = dtype
-            task = make_task(c)
-            step, args = _engine_step(task, c, cfg["patch_batch"], (side, side), np.random.default_rng(0))
-            got[mode] = timed_row(
-                "patch_step",
-                f"paper A train step ({p}-px patches, regulator {mode})",
-                step,
-                args,
-                batch=cfg["patch_batch"],
-                hw=(side, side),
-                dtype=dtype,
-                reps=cfg["reps"],
-                device=device,
-                donate=(0,),
-            )
+        got = {mode: one(mode, dtype, "auto", f"regulator {mode}")
+               for mode in cfg.get("patch_modes", ("iterative", "fixed"))}
         it, fx = got["iterative"], got.get("fixed")
         if fx is None:
             rows.append(it)
-            continue
-        it.update(
-            peer="same step, regulator fixed (no refit)",
-            peer_images_per_s=fx["images_per_s"],
-            peer_ms=fx["ms"],
-            ratio_to_peer=it["images_per_s"] / fx["images_per_s"],
-            ratio_meaning="images/s, iterative / fixed (the refit's cost)",
-        )
-        rows += [it, fx]
+        else:
+            it.update(
+                peer="same step, regulator fixed (no refit)",
+                peer_images_per_s=fx["images_per_s"],
+                peer_ms=fx["ms"],
+                ratio_to_peer=it["images_per_s"] / fx["images_per_s"],
+                ratio_meaning="images/s, iterative / fixed (the refit's cost)",
+            )
+            rows += [it, fx]
+        conv = {impl: one("iterative", dtype, impl, f"regulator iterative, conv_impl {impl}")
+                for impl in ("im2col", "xla")}
+        if conv["im2col"]["status"] == "ok" and conv["xla"]["status"] == "ok":
+            conv["im2col"].update(
+                peer="same step, conv_impl xla (lax.conv_general_dilated + max-pool by reshape)",
+                peer_images_per_s=conv["xla"]["images_per_s"],
+                peer_ms=conv["xla"]["ms"],
+                ratio_to_peer=conv["im2col"]["images_per_s"] / conv["xla"]["images_per_s"],
+                ratio_meaning="images/s, im2col / xla convolutions",
+            )
+        rows += [conv["im2col"], conv["xla"]]
     return rows
 
 

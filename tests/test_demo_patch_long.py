@@ -55,3 +55,19 @@ def test_patch_long_config_trains_on_its_dataset(rng):
                                            params, new))
     assert all(changed)
     assert np.all(np.isfinite(np.asarray(rows["mu"]))) and not np.allclose(rows["mu"], state["mu"])
+
+
+def test_patch_long_ablation_sweeps_the_regulator_over_five_runs_of_patch_long():
+    import pytest
+
+    long_ = load_config(str(ROOT / "configs/demo.py") + ":patch_long")
+    ablation = load_config(str(ROOT / "configs/demo.py") + ":patch_long_ablation")
+    assert validate(ablation) == []
+    assert dict(ablation.sweep.grid) == {"model.regulator": ("none", "fixed", "iterative"),
+                                         "seed+data.split_seed": (0, 1, 2, 3, 4)}
+    assert "regulator_ablation" in ablation.sweep.reports
+    assert ablation.explain.methods == () and ablation.explain.max_images >= 240   # the report explains all
+    for part in ("data", "model", "train"):                  # the same runs as patch_long otherwise
+        assert ablation[part].to_dict() == long_[part].to_dict(), part
+    with pytest.raises(ValueError, match=r"configs/demo.py: expected one of .*found 'patch_longer'"):
+        load_config(str(ROOT / "configs/demo.py") + ":patch_longer")

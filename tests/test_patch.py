@@ -1,4 +1,5 @@
 """Paper A's patch model and task against NumPy float64 / brute-force references."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
@@ -9,7 +10,7 @@ import pytest
 from scipy import stats
 
 from cervix_jax import regulator as R
-from cervix_jax.models.patch import PatchWeightClassifier, crm_patch, patchify
+from cervix_jax.models.patch import PatchCNN, PatchWeightClassifier, conv_impl_for, crm_patch, patchify
 from cervix_jax.train import task_patch
 
 P = 8                     # tiny patches: 8 -> 4 -> 2 -> 1, K = 48
@@ -81,9 +82,12 @@ def test_patchify_matches_slicing(rng):
             np.testing.assert_array_equal(got[i, j], x[i * P:(i + 1) * P, j * P:(j + 1) * P])
 
 
-@pytest.mark.parametrize("aggregation", ["average", "sum", "normalized", "concat"])
-def test_forward_matches_numpy_per_patch_loop(aggregation, rng):
-    model = PatchWeightClassifier(patch_size=P, aggregation=aggregation, mlp_hidden=(16, 8))
+@pytest.mark.parametrize("aggregation,conv_impl", [("average", "xla"), ("sum", "im2col"),
+                                                    ("normalized", "im2col"), ("normalized", "xla"),
+                                                    ("concat", "auto")])
+def test_forward_matches_numpy_per_patch_loop(aggregation, conv_impl, rng):
+    model = PatchWeightClassifier(patch_size=P, aggregation=aggregation, mlp_hidden=(16, 8),
+                                  conv_impl=conv_impl)
     image = jnp.asarray(rng.uniform(0, 1, (H, W, 3)), jnp.float32)
     variables = model.init(jax.random.PRNGKey(rng.integers(1 << 30)), image)
     # non-zero biases, so that the reference checks them too
@@ -95,6 +99,44 @@ def test_forward_matches_numpy_per_patch_loop(aggregation, rng):
     np.testing.assert_allclose(logit, ref_logit, rtol=1e-4, atol=1e-4)
     grid = model.apply(variables, image, method=PatchWeightClassifier.features)
     np.testing.assert_allclose(grid, ref_grid, rtol=1e-4, atol=1e-5)
+
+
+class _FlaxPatchCNN(nn.Module):
+    """The reference: flax's own nn.Conv ("SAME") and nn.max_pool, the layers PatchCNN replaces."""
+    @nn.compact
+    def __call__(self, x):
+        for f in (12, 24, 48):
+            x = nn.Conv(f, (3, 3), padding="SAME", kernel_init=nn.initializers.xavier_uniform())(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding="VALID")
+        return x.reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("conv_impl", ["xla", "im2col"])
+@pytest.mark.parametrize("patch", [8, 14])
+def test_patch_cnn_equals_flax_conv_and_max_pool_values_and_gradients(conv_impl, patch, rng):
+    """Same parameter tree and init as nn.Conv, same outputs and gradients (w.r.t. parameters and
+    inputs) as flax's nn.Conv + nn.max_pool, for both ways of computing the convolution; 14 px pools
+    odd sizes (14 -> 7 -> 3 -> 1)."""
+    x = jnp.asarray(rng.normal(size=(5, patch, patch, 3)), jnp.float32)
+    key = jax.random.PRNGKey(rng.integers(1 << 30))
+    ours, ref = PatchCNN(conv_impl=conv_impl), _FlaxPatchCNN()
+    v, v_ref = ours.init(key, x), ref.init(key, x)
+    assert jax.tree_util.tree_structure(v) == jax.tree_util.tree_structure(v_ref)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, v, v_ref)
+    # non-zero biases, so that their gradients are checked too
+    v = jax.tree_util.tree_map(lambda t: t + 0.05 * jnp.asarray(rng.normal(size=t.shape), t.dtype), v)
+    probe = jnp.asarray(rng.normal(size=ours.apply(v, x).shape), jnp.float32)
+    f = lambda m: (lambda v, x: jnp.sum(m.apply(v, x) * probe))
+    np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-5)
+    g, g_ref = jax.grad(f(ours), (0, 1))(v, x), jax.grad(f(ref), (0, 1))(v, x)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g, g_ref)
+
+
+def test_conv_impl_auto_and_unknown():
+    assert conv_impl_for("auto") == ("im2col" if jax.default_backend() == "cpu" else "xla")
+    assert conv_impl_for("xla") == "xla"
+    with pytest.raises(ValueError, match=r"config.model.conv_impl: expected one of .*found 'cudnn'"):
+        conv_impl_for("cudnn")
 
 
 def test_glorot_uniform_init_statistics(rng):

@@ -91,3 +91,32 @@ def test_add_controls_area_matched_blob(rng):
         want = inter / (region | (masks[i] > 0)).sum()
         assert out["iou_area_matched"][i] == pytest.approx(want)
         assert out["iou_excess"][i] == pytest.approx(iou[i] - want)
+
+
+def test_arm_of_calls_a_run_without_the_spatial_term_none():
+    import ml_collections as mlc
+
+    cfg = lambda reg, lam, red: mlc.ConfigDict({"model": {"regulator": reg, "reg_lambda": lam,
+                                                           "spatial_reduction": red}})
+    assert RA.arm_of(cfg("iterative", 0.1, "mean")) == "iterative/mean"
+    assert RA.arm_of(cfg("fixed", 0.1, "sum")) == "fixed/sum"
+    assert RA.arm_of(cfg("none", 0.1, "sum")) == "none/sum"
+    assert RA.arm_of(cfg("iterative", 0.0, "mean")) == RA.arm_of(cfg("fixed", 0, "mean")) == "none/mean"
+
+
+def test_finished_runs_reads_sweeps_and_single_runs(tmp_path):
+    def done(d):
+        (d / "eval").mkdir(parents=True)
+        (d / "eval" / "metrics.json").write_text("{}")
+    sweep = tmp_path / "sweep"
+    for name in ("b", "a"):
+        done(sweep / "points" / name)
+    (sweep / "points" / "unfinished").mkdir()
+    done(tmp_path / "run")
+    assert RA.finished_runs([sweep, tmp_path / "run"]) == [sweep / "points" / "a", sweep / "points" / "b",
+                                                           tmp_path / "run"]
+    (tmp_path / "empty" / "points").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"empty: no finished run"):
+        RA.finished_runs([sweep, tmp_path / "empty"])
+    with pytest.raises(SystemExit):
+        RA.main([str(sweep), str(tmp_path / "run")])        # several workdirs need --out

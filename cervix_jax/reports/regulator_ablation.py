@@ -3,9 +3,12 @@ that vary the init seed AND the split, with intervals that resample runs and wom
 
     python launch.py sweep --config configs/patch.py:ablation --workdir runs/a_ablation
     python -m cervix_jax.reports.regulator_ablation runs/a_ablation [--out DIR]
+    python -m cervix_jax.reports.regulator_ablation SWEEP_OR_RUN [SWEEP_OR_RUN ...] --out DIR
 
-Every finished point of the sweep (`points/*/eval/metrics.json`) is one run of one arm
-("<regulator>/<spatial_reduction>"); runs of different arms with the same (seed, split) are paired: they
+Every finished point of the sweeps (`points/*/eval/metrics.json`; a workdir that is one finished run
+counts as one point) is one run of one arm ("<regulator>/<spatial_reduction>", `arm_of`: a run with
+reg_lambda 0 is the "none" arm whatever its regulator, since its loss is the same, only its regulator
+is still refit and so tracked); runs of different arms with the same (seed, split) are paired: they
 were scored on the same test women. Per point, `regulator_evidence.measure_point` gives the per-image
 map metrics of the patch-weight map (pointing game, IoU with the cervix, above-cut area, weight mass
 on the cervix and `area_share`, the cervix's share of the image, what a flat map puts on it: the mass's
@@ -73,9 +76,33 @@ def add_controls(measured: dict, cervix_masks: np.ndarray) -> dict:
     return out
 
 
-def measure(workdir, *, explain: bool = True) -> list[dict]:
-    """One record per finished point: arm, seed, split_seed, the measured lists (see module doc), the
-    test and train groups (women) and the test scores."""
+def arm_of(config) -> str:
+    """"<regulator>/<spatial_reduction>" of a run's config; "none" when the spatial term is off
+    (regulator "none", or reg_lambda 0: the same loss and so the same training)."""
+    m = config.model
+    off = m.regulator == "none" or float(m.reg_lambda) == 0.0
+    return f"{'none' if off else m.regulator}/{m.spatial_reduction}"
+
+
+def finished_runs(workdirs) -> list[Path]:
+    """The finished runs (eval/metrics.json) of each workdir: a sweep's `points/*`, or the workdir itself
+    when it is one run. Raises naming the workdir that holds none."""
+    from cervix_jax.train import rundir
+
+    runs = []
+    for w in map(Path, workdirs):
+        found = (sorted(p for p in (w / "points").glob("*") if rundir.eval_done(p)) if (w / "points").is_dir()
+                 else [w] if rundir.eval_done(w) else [])
+        if not found:
+            raise FileNotFoundError(f"{w}: no finished run (expected points/*/eval/metrics.json for a sweep, "
+                                    f"or eval/metrics.json for one run)")
+        runs += found
+    return runs
+
+
+def measure(workdirs, *, explain: bool = True) -> list[dict]:
+    """One record per finished run of `workdirs` (one path or several, `finished_runs`): arm, seed,
+    split_seed, the measured lists (see module doc), the test and train groups (women), the test scores."""
     import ml_collections as mlc
 
     from cervix_jax.reports.regulator_evidence import measure_point
@@ -83,10 +110,7 @@ def measure(workdir, *, explain: bool = True) -> list[dict]:
     from cervix_jax.train.data import groups_by_id, local_data
 
     records, data_cache = [], {}
-    points = sorted(p for p in (Path(workdir) / "points").glob("*") if rundir.eval_done(p))
-    if not points:
-        raise FileNotFoundError(f"{workdir}/points: no finished point (eval/metrics.json)")
-    for pdir in points:
+    for pdir in finished_runs([workdirs] if isinstance(workdirs, (str, Path)) else workdirs):
         config = mlc.ConfigDict(rundir.read_config(pdir))
         key = json.dumps(config.data.to_dict(), sort_keys=True, default=str)
         if key not in data_cache:
@@ -98,7 +122,7 @@ def measure(workdir, *, explain: bool = True) -> list[dict]:
         r = add_controls(measure_point(config, pdir, data, train_ex, test_ex, explain),
                          np.stack([e["cervix_mask"] for e in test_ex]))
         test = rundir.read_scores(pdir, "test")
-        r.update(arm=f"{config.model.regulator}/{config.model.spatial_reduction}", seed=int(config.seed),
+        r.update(arm=arm_of(config), seed=int(config.seed),
                  split_seed=int(config.data.split_seed), dir=str(pdir),
                  test_groups=[group_of[i] for i in r["test_ids"]],
                  train_groups=[group_of[int(e["id"])] for e in train_ex],
@@ -247,11 +271,14 @@ def write_figures(records: list[dict], diffs: list[dict], out: Path) -> list[str
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("workdir")
-    p.add_argument("--out", default=None, help="output folder (default: the workdir)")
+    p.add_argument("workdirs", nargs="+", help="sweep workdirs and/or single-run workdirs")
+    p.add_argument("--out", default=None, help="output folder (default: the workdir; required with several)")
     a = p.parse_args(argv)
-    result = write_tables(measure(a.workdir), a.out or a.workdir)
-    print((Path(a.out or a.workdir) / "regulator_ablation.md").read_text())
+    if a.out is None and len(a.workdirs) > 1:
+        p.error(f"--out is required with several workdirs ({len(a.workdirs)} given)")
+    out = a.out or a.workdirs[0]
+    result = write_tables(measure(a.workdirs), out)
+    print((Path(out) / "regulator_ablation.md").read_text())
     return result
 
 

@@ -207,7 +207,7 @@ def _validate_model(config) -> list[str]:
         need(m.p6_from in fpn.P6_SOURCES, "p6_from", f"one of {fpn.P6_SOURCES}")
         problems += _stage1_problems(config)
     elif m.name == "patch":
-        from cervix_jax.models.patch import AGGREGATIONS
+        from cervix_jax.models.patch import AGGREGATIONS, CONV_IMPLS
         from cervix_jax.regulator import SPATIAL_REDUCTIONS
         from cervix_jax.train.task_patch import REFIT_WEIGHTINGS, REGULATORS
         need(_is_int(m.patch_size) and m.patch_size > 0, "patch_size", "an integer > 0")
@@ -228,6 +228,7 @@ def _validate_model(config) -> list[str]:
         need(_is_num(m.eig_floor) and m.eig_floor > 0, "eig_floor", "a number > 0")
         need(m.get("refit_weighting", "raw") in REFIT_WEIGHTINGS, "refit_weighting",
              f"one of {REFIT_WEIGHTINGS}")
+        need(m.get("conv_impl", "auto") in CONV_IMPLS, "conv_impl", f"one of {CONV_IMPLS}")
     elif m.name == "baseline":
         from cervix_jax.models.baselines import ARCHS
         from cervix_jax.train.task_baseline import CROPS

@@ -11,7 +11,8 @@ config.model keys (`DEFAULTS`; plus dtype, the compute dtype): patch_size, aggre
 "sum" | "normalized" | "concat"), mlp_hidden, weight_hidden (the weight network's hidden widths, the
 paper's (800, 512, 128) by default), regulator ("none" | "fixed" | "iterative"), reg_lambda,
 spatial_reduction ("sum" | "mean" over the patches: Eqn. 5 sums), eps_w, eig_floor, refit_weighting
-("raw" | "minmax": what the iterative refit is fit from, see `refit_weights`).
+("raw" | "minmax": what the iterative refit is fit from, see `refit_weights`), conv_impl ("auto" | "xla" |
+"im2col": how the patch CNN's convolutions are computed, not what; `models.patch.conv_impl_for`).
 "none" drops the spatial term whatever reg_lambda is, and keeps no per-example state. The patch grid
 is the image shape over patch_size (`grid_for`).
 """
@@ -38,7 +39,8 @@ from cervix_jax.train.task import Task
 # ("sum" of D over the patches) by default; docs/patch_model.md gives the alternatives and why.
 DEFAULTS = {"patch_size": 28, "aggregation": "average", "mlp_hidden": (256, 64),
             "weight_hidden": (800, 512, 128), "regulator": "iterative", "reg_lambda": 0.1,
-            "spatial_reduction": "sum", "eps_w": 1e-3, "eig_floor": 0.25, "refit_weighting": "raw"}
+            "spatial_reduction": "sum", "eps_w": 1e-3, "eig_floor": 0.25, "refit_weighting": "raw",
+            "conv_impl": "auto"}
 REGULATORS = ("none", "fixed", "iterative")
 REFIT_WEIGHTINGS = ("raw", "minmax")
 
@@ -69,7 +71,8 @@ class PatchTask(Task):
         self.model = PatchWeightClassifier(patch_size=int(m.patch_size), aggregation=m.aggregation,
                                            mlp_hidden=tuple(m.mlp_hidden),
                                            weight_hidden=tuple(m.get("weight_hidden", (800, 512, 128))),
-                                           dtype=compute_dtype(m.get("dtype", "float32")))
+                                           dtype=compute_dtype(m.get("dtype", "float32")),
+                                           conv_impl=m.get("conv_impl", "auto"))
         self.mode = m.regulator
         self.refit_weighting = m.get("refit_weighting", "raw")   # configs older than the key: "raw"
         if self.refit_weighting not in REFIT_WEIGHTINGS:
