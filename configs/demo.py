@@ -3,7 +3,8 @@
     python launch.py demo --config configs/demo.py --workdir runs/demo \
         --config.model.backbone_checkpoint=runs/demo_stage1                      # make demo
     python launch.py demo --config configs/demo.py:patch --workdir runs/demo_a  # paper A's model
-    python launch.py demo --config configs/demo.py:patch_long --workdir runs/demo_patch_long  # ~21 min
+    python launch.py demo --config configs/demo.py:patch_long --workdir runs/demo_patch_long  # ~10 min
+    python launch.py sweep --config configs/demo.py:patch_long_ablation --workdir runs/a_ablation_long
     python launch.py review --workdir runs/demo                                 # rate its heatmaps
 
 Builds `synthetic_cervix/demo` (192 images of 128x192 with cervix/os/TZ/lesion masks), trains the
@@ -26,6 +27,9 @@ were tried). `:patch_long` is the run in which it does learn: 1,200 images of 96
 steps; test AUC 0.955 / 0.960 (seeds 0 / 1), but its patch weights stay flat and its regulator does not move.
 With `--config.model.reg_lambda=0.0` (the regulator refit but out of the loss) its weights gather on the
 lesion and the regulator moves onto the cervix (docs/results/paper_a.md, fifth round).
+`:patch_long_ablation` is the regulator ablation at that length: no spatial term / fixed / iterative
+x 5 runs (init seed k with split k), ~10 min a run on 2 idle cores (docs/results/paper_a.md, "The
+regulator ablation where the model learns").
 """
 from cervix_jax.train.config import base_config
 
@@ -65,7 +69,7 @@ def get_config(arg=None):
         c.train.lr = 1e-3
         c.explain.methods = ("crm", "weights")
     elif family.startswith("patch_long"):
-        # paper A's idea made visible, beyond make demo's budget (~15 min on 2 cores): the model sits at
+        # paper A's idea made visible, beyond make demo's budget (~10 min on 2 idle cores): the model sits at
         # chance for ~1,700 steps, then learns, and only then do its weights gather on the cervix and the
         # iterative regulator start to move (docs/results/paper_a.md, "The demo's patch model")
         c.data.name = "synthetic_cervix/patch_demo"
