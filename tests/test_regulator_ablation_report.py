@@ -120,3 +120,16 @@ def test_finished_runs_reads_sweeps_and_single_runs(tmp_path):
         RA.finished_runs([sweep, tmp_path / "empty"])
     with pytest.raises(SystemExit):
         RA.main([str(sweep), str(tmp_path / "run")])        # several workdirs need --out
+
+
+def test_paired_auc_uses_every_scored_image_when_the_maps_cover_fewer(rng):
+    """Runs whose map metrics cover only explain.max_images test images (test_ids) still pair their AUC over
+    every scored test image, each with its woman (score_groups): the same interval as with full coverage."""
+    full = _records(rng, {"iterative/mean": {"score": 0.4}, "none/mean": {}})
+    cut = []
+    for r in full:
+        r = dict(r, score_groups=dict(zip(r["test_ids"], r["test_groups"])))
+        cut.append(dict(r, test_ids=r["test_ids"][:5], test_groups=r["test_groups"][:5]))
+    want = RA.paired_difference(full, "iterative/mean", "none/mean", "auc", n_boot=300)
+    got = RA.paired_difference(cut, "iterative/mean", "none/mean", "auc", n_boot=300)
+    assert got == want

@@ -127,7 +127,8 @@ def measure(workdirs, *, explain: bool = True) -> list[dict]:
                  test_groups=[group_of[i] for i in r["test_ids"]],
                  train_groups=[group_of[int(e["id"])] for e in train_ex],
                  scores={int(i): (float(s), int(y))
-                         for i, s, y in zip(test["id"], test["score"], test["label"])})
+                         for i, s, y in zip(test["id"], test["score"], test["label"])},
+                 score_groups={int(i): group_of[int(i)] for i in test["id"]})
         records.append(r)
     return records
 
@@ -147,7 +148,8 @@ def paired_difference(records: list[dict], a: str, b: str, metric: str, *, n_boo
             if sorted(rb[k]["scores"]) != ids:
                 raise ValueError(f"{ra[k]['dir']} and {rb[k]['dir']}: paired runs scored different test "
                                  f"images")
-            g = dict(zip(ra[k]["test_ids"], ra[k]["test_groups"]))
+            # every scored test image's woman (the map metrics may cover only explain.max_images of them)
+            g = ra[k].get("score_groups") or dict(zip(ra[k]["test_ids"], ra[k]["test_groups"]))
             tuples.append((np.array([ra[k]["scores"][i][0] for i in ids]),
                            np.array([rb[k]["scores"][i][0] for i in ids]),
                            np.array([ra[k]["scores"][i][1] for i in ids]), np.array([g[i] for i in ids])))
@@ -224,7 +226,7 @@ def write_tables(records: list[dict], out, *, n_boot: int = 2000) -> dict:
     md += [f"| {c['claim']} | {c['reduction']} | {c['a']} − {c['b']} | {c['metric']} | "
            f"{c['estimate']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] | {c['verdict']} |" for c in claims]
     (out / "regulator_ablation.md").write_text("\n".join(md) + "\n")
-    slim = [{k: v for k, v in r.items() if k != "scores"} for r in records]
+    slim = [{k: v for k, v in r.items() if k not in ("scores", "score_groups")} for r in records]
     (out / "regulator_ablation.json").write_text(json.dumps(
         {"arms": rows, "differences": diffs, "claims": claims, "runs": slim}, indent=1, default=float))
     figures = write_figures(records, diffs, out)
