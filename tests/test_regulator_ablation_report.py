@@ -133,3 +133,27 @@ def test_paired_auc_uses_every_scored_image_when_the_maps_cover_fewer(rng):
     want = RA.paired_difference(full, "iterative/mean", "none/mean", "auc", n_boot=300)
     got = RA.paired_difference(cut, "iterative/mean", "none/mean", "auc", n_boot=300)
     assert got == want
+
+
+def test_one_none_arm_stands_beside_both_reductions(tmp_path, rng):
+    """Lambda-0 runs train the same loss whatever Eqn. 5's reduction: when only "none/mean" was run, the
+    sum arms' claims are paired with it, and the numbers are those of a direct pairing."""
+    effects = {"none/mean": {}, "fixed/mean": {}, "iterative/mean": {"mass_cervix": 0.1},
+               "fixed/sum": {"mass_cervix": -0.3}, "iterative/sum": {"mass_cervix": -0.2, "score": 0.3}}
+    recs = _records(rng, effects)
+    assert RA.none_arms({"none/mean", "fixed/sum"}) == {"sum": "none/mean", "mean": "none/mean"}
+    assert RA.none_arms({"none/sum", "none/mean"}) == {"sum": "none/sum", "mean": "none/mean"}
+    result = RA.write_tables(recs, tmp_path, n_boot=300)
+    claims = {(c["metric"], c["reduction"]): c for c in result["claims"]}
+    assert len(claims) == 8
+    c = claims["mass_cervix", "sum"]
+    assert (c["a"], c["b"]) == ("iterative/sum", "none/mean") and c["verdict"] == "refuted"
+    ref = RA.paired_difference(recs, "iterative/sum", "none/mean", "mass_cervix", n_boot=300)
+    assert (c["estimate"], c["low"], c["high"]) == pytest.approx((ref["estimate"], ref["low"], ref["high"]))
+    np.testing.assert_allclose(c["per_run"], -0.2, atol=1e-12)
+    assert claims["mass_cervix", "mean"]["verdict"] == "reproduced"
+    diffs = {(d["a"], d["b"], d["metric"]) for d in result["differences"]}
+    assert ("fixed/sum", "none/mean", "mass_cervix") in diffs
+    assert ("iterative/sum", "fixed/sum", "reg_err") in diffs
+    md = (tmp_path / "regulator_ablation.md").read_text()
+    assert "| iterative/sum − none/mean | mass_cervix | 4 | -0.200 |" in md

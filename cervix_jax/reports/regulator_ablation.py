@@ -7,13 +7,14 @@ that vary the init seed AND the split, with intervals that resample runs and wom
 
 Every finished point of the sweeps (`points/*/eval/metrics.json`; a workdir that is one finished run
 counts as one point) is one run of one arm ("<regulator>/<spatial_reduction>", `arm_of`: a run with
-reg_lambda 0 is the "none" arm whatever its regulator, since its loss is the same, only its regulator
-is still refit and so tracked); runs of different arms with the same (seed, split) are paired: they
-were scored on the same test women. Per point, `regulator_evidence.measure_point` gives the per-image
-map metrics of the patch-weight map (pointing game, IoU with the cervix, above-cut area, weight mass
-on the cervix and `area_share`, the cervix's share of the image, what a flat map puts on it: the mass's
-reference; it explains the point's test split first if it has not been) and, over every training
-image at the end of training, the regulator's centre error. Added here, per test image:
+reg_lambda 0 is the "none" arm whatever its regulator, since its loss is the same, only its regulator is
+still refit and so tracked; its loss does not depend on Eqn. 5's reduction, so when only one reduction's
+none arm was run it stands beside both, `none_arms`); runs of different arms with the same (seed, split)
+are paired: they were scored on the same test women. Per point, `regulator_evidence.measure_point` gives
+the per-image map metrics of the patch-weight map (pointing game, IoU with the cervix, above-cut area,
+weight mass on the cervix and `area_share`, the cervix's share of the image, what a flat map puts on it:
+the mass's reference; it explains the point's test split first if it has not been) and, over every
+training image at the end of training, the regulator's centre error. Added here, per test image:
 
 - `iou_area_matched`: the IoU with the cervix of a centred ellipse of the map's own above-cut area
   (`paper_a.area_matched_centre_region`), and `iou_excess` = IoU - that: the localisation a compact
@@ -180,6 +181,15 @@ def arm_table(records: list[dict]) -> list[dict]:
     return rows
 
 
+def none_arms(arms) -> dict:
+    """Eqn. 5's reduction -> the arm that stands for "no spatial term" beside it: "none/<r>" when it was
+    run, else the none arm of the other reduction (a run without the spatial term trains the same loss
+    whatever the reduction, so one set of lambda-0 runs serves both; the tables then name the arm that
+    was run, e.g. "iterative/sum − none/mean")."""
+    run = [f"none/{r}" for r in REDUCTIONS if f"none/{r}" in arms]
+    return {r: f"none/{r}" if f"none/{r}" in arms else (run[0] if run else f"none/{r}") for r in REDUCTIONS}
+
+
 def write(config, workdir) -> dict:
     """The report-registry entry (`config.sweep.reports = (..., "regulator_ablation")`): measures the
     sweep's finished points and writes the tables and figures into its workdir."""
@@ -192,7 +202,8 @@ def write_tables(records: list[dict], out, *, n_boot: int = 2000) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows = arm_table(records)
     arms = {r["arm"] for r in records}
-    pairs = [(f"{x}/{r}", f"{y}/{r}") for r in REDUCTIONS
+    none = none_arms(arms)
+    pairs = [(f"{x}/{r}", none[r] if y == "none" else f"{y}/{r}") for r in REDUCTIONS
              for x, y in (("iterative", "none"), ("iterative", "fixed"), ("fixed", "none"))]
     pairs.append(("iterative/sum", "iterative/mean"))
     diffs = [d for a, b in pairs if a in arms and b in arms
@@ -201,7 +212,7 @@ def write_tables(records: list[dict], out, *, n_boot: int = 2000) -> dict:
     claims = []
     for text, a, b, metric, sign in CLAIMS:
         for r in REDUCTIONS:
-            want = (a.format(r=r), b.format(r=r), metric)
+            want = (a.format(r=r), none[r] if b == "none/{r}" else b.format(r=r), metric)
             d = next((d for d in diffs if (d["a"], d["b"], d["metric"]) == want), None)
             if d:
                 claims.append({"claim": text, "reduction": r, **d,
