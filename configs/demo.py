@@ -5,6 +5,7 @@
     python launch.py demo --config configs/demo.py:patch --workdir runs/demo_a  # paper A's model
     python launch.py demo --config configs/demo.py:patch_long --workdir runs/demo_patch_long  # ~10 min
     python launch.py sweep --config configs/demo.py:patch_long_ablation --workdir runs/a_ablation_long
+    python launch.py sweep --config configs/demo.py:patch_long_ablation_sum --workdir runs/a_ablation_long_sum
     python launch.py review --workdir runs/demo                                 # rate its heatmaps
 
 Builds `synthetic_cervix/demo` (192 images of 128x192 with cervix/os/TZ/lesion masks), trains the
@@ -29,16 +30,17 @@ With `--config.model.reg_lambda=0.0` (the regulator refit but out of the loss) i
 lesion and the regulator moves onto the cervix (docs/results/paper_a.md, fifth round).
 `:patch_long_ablation` is the regulator ablation at that length: no spatial term / fixed / iterative
 x 5 runs (init seed k with split k), ~10 min a run on 2 idle cores (docs/results/paper_a.md, "The
-regulator ablation where the model learns").
+regulator ablation where the model learns"); `:patch_long_ablation_sum` the fixed and iterative arms with
+Eqn. 5 summed (the paper's reduction), paired by the report with the first sweep's none arm.
 """
 from cervix_jax.train.config import base_config
 
 
 def get_config(arg=None):
     family = arg or "pyramid"
-    if family not in ("pyramid", "patch", "patch_long", "patch_long_ablation", "tiny"):
-        raise ValueError(f"configs/demo.py: expected one of pyramid, patch, patch_long, "
-                         f"patch_long_ablation, tiny; found {family!r}")
+    families = ("pyramid", "patch", "patch_long", "patch_long_ablation", "patch_long_ablation_sum", "tiny")
+    if family not in families:
+        raise ValueError(f"configs/demo.py: expected one of {', '.join(families)}; found {family!r}")
     c = base_config("patch" if family.startswith("patch_long") else family)
     c.data.name = "synthetic_cervix/demo"
     c.data.image_size = 192
@@ -87,7 +89,7 @@ def get_config(arg=None):
         c.train.log_every = 24
         c.train.checkpoint_every = 480
         c.explain.methods = ("crm", "weights")
-        if family == "patch_long_ablation":
+        if family.startswith("patch_long_ablation"):
             # The regulator ablation at the run length where the model learns: no spatial term /
             # fixed / iterative (lambda 0.1, "mean") x 5 runs, init seed k with split k; the best
             # validation checkpoint of the 60 epochs (no early stopping: the runs sit at chance for
@@ -98,6 +100,15 @@ def get_config(arg=None):
             c.sweep.reports = ("summary", "regulator_ablation")
             c.explain.methods = ()
             c.explain.max_images = 1000
+        if family == "patch_long_ablation_sum":
+            # Eqn. 5 summed over the 216 patches (the paper's reduction): fixed / iterative x the same 5
+            # runs. No lambda-0 arm: without the spatial term the reduction changes nothing, and the
+            # report pairs these runs with patch_long_ablation's none arm (`regulator_ablation.none_arms`):
+            #   python -m cervix_jax.reports.regulator_ablation runs/a_ablation_long \
+            #       runs/a_ablation_long_sum --out OUT
+            c.model.spatial_reduction = "sum"
+            c.sweep.grid = (("model.regulator", ("fixed", "iterative")),
+                            ("seed+data.split_seed", (0, 1, 2, 3, 4)))
     elif family == "tiny":
         c.model.width = 16
         c.train.epochs = 15

@@ -69,5 +69,14 @@ def test_patch_long_ablation_sweeps_the_regulator_over_five_runs_of_patch_long()
     assert ablation.explain.methods == () and ablation.explain.max_images >= 240   # the report explains all
     for part in ("data", "model", "train"):                  # the same runs as patch_long otherwise
         assert ablation[part].to_dict() == long_[part].to_dict(), part
+    summed = load_config(str(ROOT / "configs/demo.py") + ":patch_long_ablation_sum")
+    assert validate(summed) == []
+    assert dict(summed.sweep.grid) == {"model.regulator": ("fixed", "iterative"),
+                                       "seed+data.split_seed": (0, 1, 2, 3, 4)}
+    assert summed.model.spatial_reduction == "sum" and ablation.model.spatial_reduction == "mean"
+    summed.model.spatial_reduction = "mean"                  # the only difference from patch_long_ablation
+    for part in ("data", "model", "train", "explain"):
+        assert summed[part].to_dict() == ablation[part].to_dict(), part
+    assert tuple(summed.sweep.reports) == tuple(ablation.sweep.reports)
     with pytest.raises(ValueError, match=r"configs/demo.py: expected one of .*found 'patch_longer'"):
         load_config(str(ROOT / "configs/demo.py") + ":patch_longer")
