@@ -38,6 +38,10 @@ VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
 VGG16_BLOCK_OF_CONV = (1, 1, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5)     # conv index -> block (1..5)
 
 glorot = nn.initializers.xavier_uniform()
+# GoogLeNet's convolutions start with bias 0.2 (BVLC's train_val.prototxt), so that few ReLUs start dead: with
+# zero biases a CPU-narrow Inception (width 1/16: 4-channel 1x1 convolutions on ReLU outputs) can start with
+# its whole stem dead and no gradient below the head
+GOOGLENET_BIAS = nn.initializers.constant(0.2)
 
 
 def _w(n: int, width: float) -> int:
@@ -243,7 +247,7 @@ class InceptionModule(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda f, k: nn.Conv(f, (k, k), padding="SAME", kernel_init=glorot)
+        conv = lambda f, k: nn.Conv(f, (k, k), padding="SAME", kernel_init=glorot, bias_init=GOOGLENET_BIAS)
         b1 = nn.relu(conv(self.c1, 1)(x))
         b2 = nn.relu(conv(self.c3, 3)(nn.relu(conv(self.c3r, 1)(x))))
         b3 = nn.relu(conv(self.c5, 5)(nn.relu(conv(self.c5r, 1)(x))))
@@ -265,9 +269,9 @@ class Inception(nn.Module):
 
     def setup(self):
         w = lambda n: _w(n, self.width)
-        self.stem = [nn.Conv(w(64), (7, 7), strides=(2, 2), padding="SAME", kernel_init=glorot),
-                     nn.Conv(w(64), (1, 1), kernel_init=glorot),
-                     nn.Conv(w(192), (3, 3), padding="SAME", kernel_init=glorot)]
+        conv = functools.partial(nn.Conv, kernel_init=glorot, bias_init=GOOGLENET_BIAS)
+        self.stem = [conv(w(64), (7, 7), strides=(2, 2), padding="SAME"), conv(w(64), (1, 1)),
+                     conv(w(192), (3, 3), padding="SAME")]
         self.modules_ = [None if spec is None else InceptionModule(*map(w, spec), name=f"inception_{n}")
                          for n, spec in INCEPTION_MODULES]
         self.drop = nn.Dropout(0.4)
