@@ -41,15 +41,16 @@ ARM_KEYS = ("model.regulator", "model.spatial_reduction")
 PER_TEST_IMAGE = ("mass_cervix", "area_share", "pointing_game_cervix", "iou_cervix", "iou_area_matched",
                   "iou_excess", "roi_area")
 PER_TRAIN_IMAGE = ("reg_err",)
-# (claim, arm a, arm b, metric, sign the paper expects for a - b); {r} runs over Eqn. 5's reductions.
+# (claim, regulator a, regulator b, metric, sign the paper expects for a - b); each is judged once per
+# Eqn. 5 reduction r, between the arms `arm_for(regulator, r, ...)` names.
 CLAIMS = (
     ("the iterative regulator puts more of the weight on the cervix than no regulator (Fig. 5c)",
-     "iterative/{r}", "none/{r}", "mass_cervix", +1),
+     "iterative", "none", "mass_cervix", +1),
     ("the iterative regulator localises the cervix beyond a centred blob of the same area, better than "
-     "the fixed centred one", "iterative/{r}", "fixed/{r}", "iou_excess", +1),
+     "the fixed centred one", "iterative", "fixed", "iou_excess", +1),
     ("the iterative regulator moves toward the cervix (centre error below the fixed regulator's)",
-     "iterative/{r}", "fixed/{r}", "reg_err", -1),
-    ("the regulator helps classification (test AUC)", "iterative/{r}", "none/{r}", "auc", +1),
+     "iterative", "fixed", "reg_err", -1),
+    ("the regulator helps classification (test AUC)", "iterative", "none", "auc", +1),
 )
 REDUCTIONS = ("sum", "mean")
 
@@ -190,6 +191,12 @@ def none_arms(arms) -> dict:
     return {r: f"none/{r}" if f"none/{r}" in arms else (run[0] if run else f"none/{r}") for r in REDUCTIONS}
 
 
+def arm_for(regulator: str, reduction: str, none: dict) -> str:
+    """The arm label standing for `regulator` under Eqn. 5's `reduction`; "none" resolves through
+    `none_arms` (its output is `none`)."""
+    return none[reduction] if regulator == "none" else f"{regulator}/{reduction}"
+
+
 def write(config, workdir) -> dict:
     """The report-registry entry (`config.sweep.reports = (..., "regulator_ablation")`): measures the
     sweep's finished points and writes the tables and figures into its workdir."""
@@ -203,7 +210,7 @@ def write_tables(records: list[dict], out, *, n_boot: int = 2000) -> dict:
     rows = arm_table(records)
     arms = {r["arm"] for r in records}
     none = none_arms(arms)
-    pairs = [(f"{x}/{r}", none[r] if y == "none" else f"{y}/{r}") for r in REDUCTIONS
+    pairs = [(arm_for(x, r, none), arm_for(y, r, none)) for r in REDUCTIONS
              for x, y in (("iterative", "none"), ("iterative", "fixed"), ("fixed", "none"))]
     pairs.append(("iterative/sum", "iterative/mean"))
     diffs = [d for a, b in pairs if a in arms and b in arms
@@ -212,7 +219,7 @@ def write_tables(records: list[dict], out, *, n_boot: int = 2000) -> dict:
     claims = []
     for text, a, b, metric, sign in CLAIMS:
         for r in REDUCTIONS:
-            want = (a.format(r=r), none[r] if b == "none/{r}" else b.format(r=r), metric)
+            want = (arm_for(a, r, none), arm_for(b, r, none), metric)
             d = next((d for d in diffs if (d["a"], d["b"], d["metric"]) == want), None)
             if d:
                 claims.append({"claim": text, "reduction": r, **d,
