@@ -52,3 +52,20 @@ def test_suite_ci_mode_writes_every_field(tmp_path):
             assert r["ratio_to_peer"] > 0 and r["peer"].startswith("paper B train step")
     md = path.with_suffix(".md").read_text()
     assert md.count("\n| ") == len(rows) + 1  # header + one line per row
+
+
+def test_conv_impl_benchmark_shapes_differ_only_in_conv_impl():
+    """benchmarks/conv_impl.py: its three shapes are the ones its docstring names, the two arms of a
+    shape differ in `model.conv_impl` alone, and an unknown shape is refused by name."""
+    import conv_impl
+
+    want = {"demo": (16, (96, 144), 8), "bench": (2, (224, 224), 28), "paper": (2, (1176, 1176), 28)}
+    for shape, (batch, hw, p) in want.items():
+        (cx, bx, hwx), (ci, bi, hwi) = (conv_impl.config_for(shape, i) for i in conv_impl.IMPLS)
+        assert (bx, tuple(hwx), cx.model.patch_size) == (batch, hw, p), shape
+        assert (cx.model.conv_impl, ci.model.conv_impl) == ("xla", "im2col"), shape
+        dx, di = cx.to_dict(), ci.to_dict()
+        dx["model"].pop("conv_impl"), di["model"].pop("conv_impl")
+        assert dx == di and (bx, hwx) == (bi, hwi), shape
+    with pytest.raises(ValueError, match="'tiny'"):
+        conv_impl.config_for("tiny", "xla")
