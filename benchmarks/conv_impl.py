@@ -9,15 +9,15 @@ Shapes: "demo" (`configs/demo.py:patch_long`: batch 16 of 96 x 144, 8-px patches
 quick `patch_step` shape) and "paper" (the same at 1176 x 1176, 1,764 patches an image). Every
 measurement runs in a fresh child process (this file with `--one SHAPE IMPL`), the two implementations
 alternate within each round, and the table gives the median over rounds of each child's median step
-time (compilation excluded) and their ratio. Random images and labels; the engine's own step
-(`benchmarks/suite.py`'s `_engine_step`: Adam, iterative regulator).
+time (compilation and a warm-up call excluded; timed by the suite's `timed_row`) and their ratio. Random
+images and labels; the engine's own step (`benchmarks/suite.py`'s `_engine_step`: Adam, iterative
+regulator).
 """
 from __future__ import annotations
 
 import argparse
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,27 +42,20 @@ def config_for(shape, impl):
 
 
 def one(shape, impl, steps):
-    """Median seconds of one jitted engine step (after one compiling call)."""
-    import jax
+    """Median seconds of one engine step, timed as the suite times its rows (`suite.timed_row`:
+    compiled once, a warm-up call, then `steps` calls)."""
     import numpy as np
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from suite import _engine_step
+    from suite import _engine_step, device_info, timed_row
 
     from cervix_jax.train.task import make_task
 
     c, batch, hw = config_for(shape, impl)
-    step, (state, frozen, data) = _engine_step(make_task(c), c, batch, hw, np.random.default_rng(0))
-    f = jax.jit(step, donate_argnums=(0,))
-    state, m = f(state, frozen, data)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        state, m = f(state, frozen, data)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    step, args = _engine_step(make_task(c), c, batch, hw, np.random.default_rng(0))
+    r = timed_row("conv_impl", f"{shape} {impl}", step, args, batch=batch, hw=hw, dtype="float32",
+                  reps=steps, device=device_info(), donate=(0,))
+    return r["ms"] / 1e3
 
 
 def main(argv=None):

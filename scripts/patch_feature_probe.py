@@ -51,6 +51,7 @@ def probe(data: str, inits: int, split_seed: int, cut: float, patch_size: int,
     from cervix_jax.data.pipeline import normalize
     from cervix_jax.models.patch import PatchCNN, patchify
     from cervix_jax.data.split import group_split
+    from cervix_jax.train.config import base_config
 
     configs = {c.name: c.synthetic for c in SyntheticCervix.BUILDER_CONFIGS}
     if data not in configs:
@@ -67,7 +68,9 @@ def probe(data: str, inits: int, split_seed: int, cut: float, patch_size: int,
     patches = grid.reshape(len(y), -1, *grid.shape[3:])                                 # [N, P, p, p, 3]
     frac = np.asarray(jax.vmap(lambda m: patchify(m, patch_size).mean((2, 3, 4)))(jnp.asarray(lesion)))
     frac = frac.reshape(len(y), -1)                                                     # [N, P]
-    split = group_split(y, groups, seed=split_seed)
+    fractions = base_config("patch").data                  # the engine's split fractions
+    split = group_split(y, groups, test_fraction=fractions.test_fraction, val_fraction=fractions.val_fraction,
+                        seed=split_seed)
     rows = []
     for seed in range(inits):
         cnn = PatchCNN()
